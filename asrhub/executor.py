@@ -1,0 +1,258 @@
+"""The inference executor: blocking model calls run here, never on the event loop.
+
+- Bounded: at most ``max_pending`` calls may wait or run; a caller beyond that waits up to
+  ``busy_timeout`` seconds for room, then gets :class:`ExecutorBusy` (backpressure, never an
+  unbounded queue).
+- Prioritised: live audio (:attr:`Priority.LIVE`) is taken before file jobs
+  (:attr:`Priority.BATCH`), so a long upload never starves a streaming session.
+- Per-engine limits: ``engine_limits["whisper"] = 1`` keeps at most one call of that engine
+  running at once, whatever the number of workers.
+- Context: the caller's contextvars (structlog's bound context) are copied into the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+log = structlog.get_logger("asrhub.executor")
+R = TypeVar("R")
+
+
+class Priority(enum.IntEnum):
+    LIVE = 0
+    BATCH = 1
+
+
+class ExecutorBusy(RuntimeError):
+    """No room in the executor within the busy timeout."""
+
+
+class ExecutorClosed(RuntimeError):
+    """The executor is shutting down and takes no new work."""
+
+
+@dataclass
+class _Job:
+    fn: Callable[[], Any]
+    engine: str | None
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    priority: Priority = Priority.LIVE
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+
+@dataclass
+class ExecutorStats:
+    workers: int
+    busy_workers: int
+    queue_depth: int
+    max_pending: int
+    completed: int
+    failed: int
+    rejected: int
+    wait_ms_p50: float
+    wait_ms_p95: float
+    run_ms_p50: float
+    run_ms_p95: float
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class InferenceExecutor:
+    def __init__(
+        self,
+        workers: int = 2,
+        max_pending: int = 64,
+        busy_timeout: float = 30.0,
+        engine_limits: dict[str, int] | None = None,
+        on_done: Callable[[str | None, Priority, float, float, bool], None] | None = None,
+    ) -> None:
+        self.workers = workers
+        self.max_pending = max_pending
+        self.busy_timeout = busy_timeout
+        self.engine_limits = dict(engine_limits or {})
+        self._on_done = on_done
+        self._queues: dict[Priority, collections.deque[_Job]] = {p: collections.deque() for p in Priority}
+        self._running: collections.Counter[str] = collections.Counter()
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._room: asyncio.Semaphore | None = None
+        self._busy = 0
+        self._pending = 0
+        self._completed = 0
+        self._failed = 0
+        self._rejected = 0
+        self._waits: collections.deque[float] = collections.deque(maxlen=2048)
+        self._runs: collections.deque[float] = collections.deque(maxlen=2048)
+        for index in range(workers):
+            thread = threading.Thread(target=self._worker, name=f"asrhub-infer-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    # ------------------------------------------------------------------ event-loop side
+
+    async def run(
+        self,
+        fn: Callable[..., R],
+        *args: Any,
+        priority: Priority = Priority.LIVE,
+        engine: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> R:
+        """Run ``fn(*args, **kwargs)`` in a worker thread and return its result."""
+        if self._closed:
+            raise ExecutorClosed("the server is shutting down")
+        if self._room is None:
+            self._room = asyncio.Semaphore(self.max_pending)
+        wait = self.busy_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self._room.acquire(), wait)
+        except TimeoutError:
+            self._rejected += 1
+            raise ExecutorBusy(
+                f"inference queue full ({self.max_pending} calls pending for {wait:.0f} s)"
+            ) from None
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        job = _Job(fn=lambda: ctx.run(fn, *args, **kwargs), engine=engine,
+                   future=loop.create_future(), loop=loop, priority=priority)
+        with self._cond:
+            if self._closed:
+                self._room.release()
+                raise ExecutorClosed("the server is shutting down")
+            self._queues[priority].append(job)
+            self._pending += 1
+            self._cond.notify()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True
+            raise
+        finally:
+            self._room.release()
+
+    def stats(self) -> ExecutorStats:
+        waits, runs = list(self._waits), list(self._runs)
+        return ExecutorStats(
+            workers=self.workers,
+            busy_workers=self._busy,
+            queue_depth=self._pending,
+            max_pending=self.max_pending,
+            completed=self._completed,
+            failed=self._failed,
+            rejected=self._rejected,
+            wait_ms_p50=_percentile(waits, 50) * 1000,
+            wait_ms_p95=_percentile(waits, 95) * 1000,
+            run_ms_p50=_percentile(runs, 50) * 1000,
+            run_ms_p95=_percentile(runs, 95) * 1000,
+        )
+
+    @property
+    def saturated(self) -> bool:
+        return self._pending >= self.max_pending
+
+    async def shutdown(self, drain_timeout: float = 10.0) -> None:
+        """Stop taking work, let queued and running calls finish (up to ``drain_timeout``)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + drain_timeout
+        while any(t.is_alive() for t in self._threads) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        with self._cond:
+            leftovers = [job for q in self._queues.values() for job in q]
+            for q in self._queues.values():
+                q.clear()
+        for job in leftovers:
+            self._resolve(job, error=ExecutorClosed("the server shut down before this ran"))
+        if leftovers:
+            log.warning("executor_drain_incomplete", abandoned=len(leftovers))
+
+    # ------------------------------------------------------------------ worker side
+
+    def _take(self) -> _Job | None:
+        """Next runnable job (caller holds the lock): highest priority whose engine has room."""
+        for priority in Priority:
+            queue = self._queues[priority]
+            for index, job in enumerate(queue):
+                limit = self.engine_limits.get(job.engine or "", 0)
+                if limit and self._running[job.engine or ""] >= limit:
+                    continue
+                del queue[index]
+                return job
+        return None
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                job = self._take()
+                while job is None:
+                    if self._closed and not any(self._queues.values()):
+                        return
+                    self._cond.wait(0.5)
+                    job = self._take()
+                self._pending -= 1
+                self._busy += 1
+                self._running[job.engine or ""] += 1
+            started = time.perf_counter()
+            failed = False
+            try:
+                if job.cancelled:
+                    continue
+                try:
+                    result = job.fn()
+                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                    failed = True
+                    self._resolve(job, error=exc)
+                else:
+                    self._resolve(job, result=result)
+            finally:
+                finished = time.perf_counter()
+                with self._cond:
+                    self._busy -= 1
+                    self._running[job.engine or ""] -= 1
+                    self._completed += 1
+                    self._failed += failed
+                    self._waits.append(started - job.submitted)
+                    self._runs.append(finished - started)
+                    self._cond.notify_all()
+                if self._on_done is not None and not job.cancelled:
+                    try:
+                        self._on_done(job.engine, job.priority, started - job.submitted,
+                                      finished - started, failed)
+                    except Exception:  # noqa: BLE001 - metrics must never kill a worker
+                        pass
+
+    @staticmethod
+    def _resolve(job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if job.future.done():
+                return
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # loop already closed
+            pass
