@@ -38,7 +38,10 @@ class ProtocolSpec:
     settings_class: type = NoSettings
     enabled_by_default: bool = True
     # Extra listeners (e.g. a static site next to a WebSocket port): name -> default port.
+    # Each gets its own application, set up by ``setup_extra(app, hub, settings, extra_name)``;
+    # its section is ``[protocols.<name>.<extra_name>]`` (listener keys only).
     extra_ports: dict[str, int] = field(default_factory=dict)
+    setup_extra: Callable[[web.Application, Hub, Any, str], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""asrhub plugin: file_transcription."""

@@ -1,0 +1,1 @@
+"""asrhub plugin: streaming_stt."""

@@ -1,0 +1,1 @@
+"""asrhub plugin: vad_stream."""
