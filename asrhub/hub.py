@@ -16,7 +16,7 @@ from typing import Any, Literal
 import pluggy
 import structlog
 
-from asrhub.config import Config, ConfigError, ListenerConfig, build_settings, listener_config
+from asrhub.config import Config, ConfigError, EnginesConfig, ListenerConfig, build_settings, listener_config
 from asrhub.engine import ASREngine, Denoiser, SpeakerEngine, VADEngine, VoiceprintStore
 from asrhub.executor import InferenceExecutor, Priority
 from asrhub.specs import EngineSpec, ProtocolSpec
@@ -114,9 +114,12 @@ class Hub:
                 spec = self.engine_specs[kind][name]
                 self.engine_settings[(kind, name)] = build_settings(
                     spec.settings_class, section, f"{source}: [engines.{name}]")
+        defaults = EnginesConfig()
         for kind in ENGINE_HOOKS:
             wanted = getattr(self.config.engines, kind)
-            if wanted != "none" and wanted not in self.engine_specs[kind] and self.engine_specs[kind]:
+            # A default engine whose plugin is not installed only fails when it is used.
+            explicit = wanted != getattr(defaults, kind)
+            if wanted != "none" and wanted not in self.engine_specs[kind] and explicit:
                 raise UnknownEngine(
                     f"{source}: [engines] {kind} = {wanted!r}: no such {kind} engine "
                     f"(installed: {', '.join(sorted(self.engine_specs[kind])) or 'none'})")

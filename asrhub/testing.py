@@ -6,12 +6,17 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import WSMsgType, web
+
 from asrhub.config import parse_config
+from asrhub.hookspecs import hookimpl
 from asrhub.hub import Hub
 from asrhub.plugins import make_plugin_manager
+from asrhub.specs import ProtocolSpec
 
 
 def testdata_dir() -> Path:
@@ -66,3 +71,35 @@ async def running_server(hub: Hub, *, preload: bool = False) -> AsyncIterator[An
         yield server
     finally:
         await server.stop()
+
+
+@dataclass(frozen=True)
+class EchoSettings:
+    greeting: str = "hello"
+
+
+def _echo_setup(app: web.Application, hub: Hub, settings: EchoSettings) -> None:
+    from asrhub.appkeys import HUB_KEY
+    from asrhub.connection import websocket_connection
+
+    async def ws_handler(request: web.Request) -> web.StreamResponse:
+        async with websocket_connection(request, "echo") as conn:
+            conn.send_json({"type": "hello", "greeting": settings.greeting})
+            async for msg in conn.ws:
+                if msg.type == WSMsgType.TEXT:
+                    conn.send_json({"echo": msg.data})
+        return conn.ws
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response({"hub": request.app[HUB_KEY] is hub})
+
+    app.router.add_get("/ws", ws_handler)
+    app.router.add_get("/", info)
+
+
+class EchoPlugin:
+    """A minimal protocol (no models) for testing the core itself."""
+
+    @hookimpl
+    def asrhub_register_protocols(self) -> list[ProtocolSpec]:
+        return [ProtocolSpec("echo", 1, "echo for tests", _echo_setup, EchoSettings)]

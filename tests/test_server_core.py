@@ -4,49 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from asrhub.appkeys import HUB_KEY
 from asrhub.config import ConfigError, parse_config
-from asrhub.connection import websocket_connection
-from asrhub.hookspecs import hookimpl
 from asrhub.hub import Hub
 from asrhub.plugins import make_plugin_manager
 from asrhub.server import PortInUse, Server
-from asrhub.specs import ProtocolSpec
-
-from asrhub.testing import free_port
-
-
-@dataclass(frozen=True)
-class EchoSettings:
-    greeting: str = "hello"
-
-
-def _setup(app: web.Application, hub: Hub, settings: EchoSettings) -> None:
-    async def ws_handler(request: web.Request) -> web.StreamResponse:
-        async with websocket_connection(request, "echo") as conn:
-            conn.send_json({"type": "hello", "greeting": settings.greeting})
-            async for msg in conn.ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    conn.send_json({"echo": msg.data})
-        return conn.ws
-
-    async def info(request: web.Request) -> web.Response:
-        return web.json_response({"hub": request.app[HUB_KEY] is hub})
-
-    app.router.add_get("/ws", ws_handler)
-    app.router.add_get("/", info)
-
-
-class EchoPlugin:
-    @hookimpl
-    def asrhub_register_protocols(self):
-        return [ProtocolSpec("echo", 1, "echo for tests", _setup, EchoSettings)]
+from asrhub.testing import EchoPlugin, free_port
 
 
 def make_hub(sections: dict) -> Hub:

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import structlog
+
+from asrhub.executor import ExecutorBusy, ExecutorClosed, InferenceExecutor, Priority
+
+
+async def test_runs_in_worker_threads_and_returns_results():
+    ex = InferenceExecutor(workers=2, max_pending=8)
+    try:
+        names = await asyncio.gather(*(ex.run(lambda: threading.current_thread().name) for _ in range(4)))
+        assert all(n.startswith("asrhub-infer-") for n in names)
+        with pytest.raises(ZeroDivisionError):
+            await ex.run(lambda: 1 / 0)
+    finally:
+        await ex.shutdown()
+
+
+async def test_backpressure_busy_error_never_unbounded():
+    ex = InferenceExecutor(workers=1, max_pending=2, busy_timeout=0.2)
+    gate = threading.Event()
+    try:
+        first = asyncio.ensure_future(ex.run(gate.wait, 5))
+        second = asyncio.ensure_future(ex.run(gate.wait, 5))
+        await asyncio.sleep(0.05)
+        assert ex.stats().queue_depth + ex.stats().busy_workers == 2
+        with pytest.raises(ExecutorBusy, match="queue full"):
+            await ex.run(time.sleep, 0)
+        assert ex.stats().rejected == 1
+        gate.set()
+        await asyncio.gather(first, second)
+        await ex.run(time.sleep, 0)  # room again
+    finally:
+        gate.set()
+        await ex.shutdown()
+
+
+async def test_live_work_overtakes_queued_batch_work():
+    ex = InferenceExecutor(workers=1, max_pending=16)
+    order: list[str] = []
+    gate = threading.Event()
+    try:
+        blocker = asyncio.ensure_future(ex.run(gate.wait, 5))
+        await asyncio.sleep(0.05)
+        batch = [asyncio.ensure_future(ex.run(order.append, f"batch{i}", priority=Priority.BATCH))
+                 for i in range(3)]
+        await asyncio.sleep(0.01)
+        live = asyncio.ensure_future(ex.run(order.append, "live", priority=Priority.LIVE))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(blocker, live, *batch)
+        assert order[0] == "live"
+    finally:
+        gate.set()
+        await ex.shutdown()
+
+
+async def test_per_engine_concurrency_limit():
+    ex = InferenceExecutor(workers=2, max_pending=16, engine_limits={"slow": 1})
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def work():
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    try:
+        await asyncio.gather(*(ex.run(work, engine="slow") for _ in range(4)))
+        assert peak == 1
+    finally:
+        await ex.shutdown()
+
+
+async def test_log_context_follows_into_worker():
+    ex = InferenceExecutor(workers=1)
+    try:
+        with structlog.contextvars.bound_contextvars(conn_id="c-42"):
+            ctx = await ex.run(structlog.contextvars.get_contextvars)
+        assert ctx["conn_id"] == "c-42"
+    finally:
+        await ex.shutdown()
+
+
+async def test_shutdown_drains_then_refuses():
+    ex = InferenceExecutor(workers=1)
+    pending = asyncio.ensure_future(ex.run(time.sleep, 0.1))
+    await asyncio.sleep(0.01)
+    await ex.shutdown(drain_timeout=5)
+    await pending  # finished, not abandoned
+    with pytest.raises(ExecutorClosed):
+        await ex.run(time.sleep, 0)
