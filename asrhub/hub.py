@@ -16,7 +16,14 @@ from typing import Any, Literal
 import pluggy
 import structlog
 
-from asrhub.config import Config, ConfigError, EnginesConfig, ListenerConfig, build_settings, listener_config
+from asrhub.config import (
+    Config,
+    ConfigError,
+    EnginesConfig,
+    ListenerConfig,
+    build_settings,
+    listener_config,
+)
 from asrhub.engine import ASREngine, Denoiser, SpeakerEngine, VADEngine, VoiceprintStore
 from asrhub.executor import InferenceExecutor, Priority
 from asrhub.specs import EngineSpec, ProtocolSpec
