@@ -26,6 +26,7 @@ def asrhub_register_protocols() -> list[ProtocolSpec]:
     and a ``setup`` callable that adds routes to the listener's aiohttp application. All
     results are collected; a name registered twice is an error.
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -35,6 +36,7 @@ def asrhub_register_asr_engines() -> list[EngineSpec]:
     A factory builds an object implementing :class:`asrhub.engine.ASREngine`. All results are
     collected; the engine named by ``[engines] asr`` is the default.
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -44,6 +46,7 @@ def asrhub_register_vad_engines() -> list[EngineSpec]:
     A factory builds an object implementing :class:`asrhub.engine.VADEngine`. All results are
     collected; ``[engines] vad`` names the default.
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -53,6 +56,7 @@ def asrhub_register_speaker_engines() -> list[EngineSpec]:
     A factory builds an object implementing :class:`asrhub.engine.SpeakerEngine`. All results
     are collected; ``[engines] speaker`` names the default.
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -62,6 +66,7 @@ def asrhub_register_denoisers() -> list[EngineSpec]:
     A factory builds an object implementing :class:`asrhub.engine.Denoiser`. All results are
     collected; ``[engines] denoise`` names the default ("none" disables suppression).
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -71,6 +76,7 @@ def asrhub_register_voiceprint_stores() -> list[EngineSpec]:
     A factory builds an object implementing :class:`asrhub.engine.VoiceprintStore`. All results
     are collected; ``[engines] voiceprints`` names the one in use.
     """
+    raise NotImplementedError
 
 
 @hookspec

@@ -142,7 +142,7 @@ class Hub:
             extra_raw = {k: raw.pop(k) for k in list(raw) if k in spec.extra_ports}
             lc, own = listener_config(self.config, name, spec.default_port, raw,
                                       enabled_by_default=spec.enabled_by_default)
-            settings = build_settings(spec.settings_class, own,
+            settings: Any = build_settings(spec.settings_class, own,
                                       f"{self.config.source}: [protocols.{name}]")
             listeners.append(Listener(spec, lc, settings))
             for extra, default_port in spec.extra_ports.items():
