@@ -88,6 +88,7 @@ class Hub:
         self.loading = False
         self.ready = False
         self.metrics: Any = None  # asrhub.metrics.Metrics, set by the server
+        self.bound_ports: dict[str, int] = {}  # listener label -> port actually bound
 
     # ------------------------------------------------------------------ registry
 

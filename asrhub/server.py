@@ -69,7 +69,8 @@ def service_info(hub: Hub) -> dict:
         "name": "asrhub",
         "version": __version__,
         "protocols": [
-            {"name": lst.label, "port": lst.config.port, "description": lst.spec.description}
+            {"name": lst.label, "port": hub.bound_ports.get(lst.label, lst.config.port),
+             "description": lst.spec.description, "tls": bool(lst.config.tls_cert)}
             for lst in hub.enabled_listeners()
         ],
         "engine": hub.engine_name("asr"),
@@ -84,6 +85,12 @@ async def health_handler(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok" if ok else "unavailable", "reason": why,
                               "engines": hub.loaded_engines(), "uptime_s": round(hub.uptime(), 1)},
                              status=200 if ok else 503)
+
+
+async def services_handler(request: web.Request) -> web.Response:
+    """Which protocols listen on which ports: the demo page finds its peers through this."""
+    info = service_info(request.app[HUB_KEY])
+    return web.json_response(info, headers={"Cache-Control": "no-store"})
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -117,6 +124,8 @@ class Server:
             app.router.add_get("/health", health_handler)
         if ("GET", "/metrics") not in taken:
             app.router.add_get("/metrics", metrics_handler)
+        if ("GET", "/services") not in taken:
+            app.router.add_get("/services", services_handler)
         return app
 
     async def start(self, *, preload: bool | None = None) -> None:
@@ -165,6 +174,7 @@ class Server:
             port = sock.getsockname()[1]
             break
         self.ports[listener.label] = port
+        self.hub.bound_ports[listener.label] = port
         scheme = "https/wss" if ssl_ctx else "http/ws"
         log.info("listening", protocol=listener.label, host=listener.config.host, port=port, scheme=scheme)
 
