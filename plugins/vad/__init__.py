@@ -1,1 +1,1 @@
-"""asrhub plugin: vad."""
+"""asrhub plugin: vad (Silero VAD engine ``silero``)."""

@@ -1,1 +1,31 @@
-"""Placeholder until the plugin lands."""
+"""asrhub plugin: the Silero voice-activity detector (engine name ``silero``, the default VAD)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from asrhub_plugins.vad.silero import SileroSettings
+
+from asrhub.hookspecs import hookimpl
+from asrhub.specs import EngineSpec
+
+if TYPE_CHECKING:
+    from asrhub_plugins.vad.silero import SileroVAD
+
+    from asrhub.hub import Hub
+
+
+def _load(settings: SileroSettings, hub: Hub) -> SileroVAD:
+    from asrhub_plugins.vad.silero import SileroVAD
+
+    return SileroVAD(settings)
+
+
+@hookimpl
+def asrhub_register_vad_engines() -> list[EngineSpec]:
+    return [EngineSpec(
+        name="silero",
+        description="Silero VAD (ONNX, 1 thread per call): streaming speech start/end events",
+        factory=_load,
+        settings_class=SileroSettings,
+    )]
