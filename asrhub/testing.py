@@ -30,6 +30,46 @@ def testdata_dir() -> Path:
     raise FileNotFoundError("test audio not found: set ASRHUB_TESTDATA to shared/testdata")
 
 
+def normalize_english(text: str) -> str:
+    """Lower-case, digits spelt out, punctuation stripped: Whisper writes "10 of clubs"."""
+    import re
+
+    from num2words import num2words
+
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"\d+", lambda m: " " + num2words(int(m.group())) + " ", text)
+    text = re.sub(r"[^a-z' ]+", " ", text.replace(",", " "))
+    return " ".join(text.replace("'", "").split())
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after :func:`normalize_english` (jiwer does the alignment)."""
+    import jiwer
+
+    ref, hyp = normalize_english(reference), normalize_english(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return float(jiwer.wer(ref, hyp or "<empty>"))
+
+
+def cer_chinese(reference: str, hypothesis: str) -> float:
+    """Character error rate on CJK characters only (punctuation and spaces removed)."""
+    import re
+
+    import jiwer
+
+    keep = lambda s: "".join(re.findall(r"[\u4e00-\u9fff]", s))  # noqa: E731
+    return float(jiwer.cer(keep(reference), keep(hypothesis) or "-"))
+
+
+def manifest() -> dict[str, dict[str, str]]:
+    """``MANIFEST.tsv`` rows by file name (relative to testdata)."""
+    import csv
+
+    with open(testdata_dir() / "MANIFEST.tsv", newline="") as fh:
+        return {row["file"]: row for row in csv.DictReader(fh, delimiter="\t")}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
