@@ -1,0 +1,382 @@
+"""The streaming STT session: an explicit state machine, no sockets.
+
+One :class:`StreamingSession` per connection; it runs any number of recognition sessions one
+after another::
+
+    IDLE --start / audio--> ACTIVE --stop / idle end / engine failure--> FINISHING --> ENDED
+    ENDED --start--> ACTIVE          ENDED --audio (after an idle end)--> ACTIVE
+    any --disconnect--> CLOSED
+
+Incremental recognition: audio is handed to the engine's VAD-segmented stream every
+``partial_interval_s`` of new audio (so work per update is bounded however long the session
+runs). The engine answers with hypotheses: finished utterances (their text never changes) and
+a guess for the utterance in progress. A ``partial`` carries the finished utterances followed
+by the current guess; ``final`` carries every utterance of the session.
+
+Decisions the seed leaves open (documented in the README):
+
+- ``stop`` → the remaining audio is recognised → ``final`` → ``session_ended``; audio after
+  ``stop`` is an error until the next ``start``.
+- A session that received audio and then none for ``idle_end_s`` ends by itself exactly as if
+  stopped. The seed's asyncio client needs this: it only sends ``stop`` after its receive loop
+  saw ``session_ended``. A ``stop`` arriving after such an idle end is answered with the same
+  ``final`` and ``session_ended`` again (so a client waiting for them gets them), and audio
+  arriving after it starts a new session (``session_started`` is sent).
+- Audio without ``start`` starts a session (``session_started`` is sent first).
+- The first binary message of a session decides its format: a WebM/Ogg/WAV container if it
+  starts with one's magic (decoded incrementally, see :mod:`asrhub.container_stream`),
+  raw PCM int16 LE 16 kHz mono otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import structlog
+
+from asrhub.audio import AudioError, pcm16le_to_float
+from asrhub.container_stream import ContainerStream, sniff_container
+from asrhub.engine import SAMPLE_RATE, ASRStream, Audio, Hypothesis
+from asrhub.executor import ExecutorBusy, InferenceExecutor
+from asrhub.streaming import BacklogFull, StreamPump
+
+from . import messages as m
+from .settings import StreamingSTTSettings
+
+log = structlog.get_logger("asrhub.streaming_stt")
+
+Send = Callable[[dict[str, Any]], None]
+OpenStream = Callable[[str | None], Awaitable[ASRStream]]
+
+
+class State(enum.Enum):
+    IDLE = "idle"  # connected, no session yet
+    ACTIVE = "active"  # a session is receiving audio
+    FINISHING = "finishing"  # the remaining audio is being recognised
+    ENDED = "ended"  # final and session_ended were sent
+    CLOSED = "closed"  # the connection is gone
+
+
+class EndReason(enum.Enum):
+    STOP = "stop"
+    IDLE = "idle"
+    ERROR = "error"
+
+
+class StreamingSession:
+    def __init__(
+        self,
+        *,
+        send: Send,
+        open_stream: OpenStream,
+        executor: InferenceExecutor,
+        settings: StreamingSTTSettings,
+        engine: str | None = None,
+        count_error: Callable[[str], None] | None = None,
+        observe_final_latency: Callable[[float], None] | None = None,
+    ) -> None:
+        self._send = send
+        self._open_stream = open_stream
+        self._executor = executor
+        self.settings = settings
+        self._engine = engine
+        self._count_error = count_error
+        self._observe_final_latency = observe_final_latency
+        self._loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
+        self._interval = max(1, int(settings.partial_interval_s * SAMPLE_RATE))
+
+        self.state = State.IDLE
+        self.ended_by: EndReason | None = None
+        self.input_format: str | None = None  # "pcm" or the container's demuxer
+        self.sessions = 0
+        self.audio_seconds = 0.0  # over every session of the connection
+        self.processing_seconds = 0.0
+        self.partials_sent = 0
+        self.errors_sent = 0
+
+        self._pump: StreamPump | None = None
+        self._container: ContainerStream | None = None
+        self._finished: list[str] = []
+        self._current = ""
+        self._pending: list[Audio] = []
+        self._pending_len = 0
+        self._last_audio: float | None = None
+        self._idle_task: asyncio.Task | None = None
+        self._fail_task: asyncio.Task | None = None
+        self._engine_failed = False
+        self._last_final = ""
+
+    # ------------------------------------------------------------------ inputs
+
+    def text(self) -> str:
+        """Finished utterances, then the guess for the one in progress."""
+        return m.join_texts([*self._finished, self._current])
+
+    async def on_text(self, text: str) -> None:
+        try:
+            command = m.parse_command(text)
+        except m.ProtocolError as exc:
+            self._error(exc.code, exc.message)
+            return
+        async with self._lock:
+            if self.state is State.CLOSED:
+                return
+            if isinstance(command, m.Start):
+                if self.state is State.ACTIVE:
+                    self._error(m.SESSION_ACTIVE, "a session is already running; send stop first")
+                else:
+                    await self._begin(command.language)
+            elif self.state is State.ACTIVE:
+                await self._end(EndReason.STOP)
+            elif self.state is State.ENDED and self.ended_by in (EndReason.IDLE, EndReason.ERROR):
+                # The session already ended by itself: answer the stop as if it ended now.
+                self._send(m.final(self._last_final))
+                self._send(m.session_ended())
+                self.ended_by = EndReason.STOP
+            else:
+                self._error(m.NO_SESSION, "no session is running (send start, then audio)")
+
+    async def on_binary(self, data: bytes) -> None:
+        async with self._lock:
+            if self.state is State.CLOSED:
+                return
+            if self.state is State.ENDED and self.ended_by is EndReason.STOP:
+                self._error(m.AUDIO_AFTER_STOP,
+                            "the session was stopped; send {\"command\": \"start\"} to begin a new one")
+                return
+            if self.state is not State.ACTIVE:
+                problem = _first_frame_problem(data)
+                if problem is not None:
+                    self._error(*problem)
+                    return
+                if not await self._begin(None):
+                    return
+            await self._accept(data)
+
+    async def close(self) -> None:
+        """The connection is gone: stop everything this session holds."""
+        self.state = State.CLOSED
+        for task in (self._idle_task, self._fail_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
+                    pass
+        await self._release()
+
+    # ------------------------------------------------------------------ session lifecycle
+
+    async def _begin(self, language: str | None) -> bool:
+        language = language or self.settings.language or None
+        try:
+            stream = await self._open_stream(language)
+        except ExecutorBusy:
+            self._error(m.SERVER_BUSY, "the server is busy; try again shortly")
+            return False
+        except Exception as exc:  # noqa: BLE001 - reported to the client
+            log.exception("open_stream_failed")
+            self._error(m.ENGINE_ERROR, f"the recogniser is not available: {exc}")
+            return False
+        if self.state is State.CLOSED:
+            return False
+        backlog = self.settings.max_backlog_s * 1.5 + 5 * self.settings.partial_interval_s
+        self._pump = StreamPump(self._executor, stream, self._on_hypotheses, engine=self._engine,
+                                max_backlog_s=backlog)
+        self._finished, self._current = [], ""
+        self._pending, self._pending_len = [], 0
+        self._last_audio = None
+        self._engine_failed = False
+        self.input_format = None
+        self.ended_by = None
+        self.state = State.ACTIVE
+        self.sessions += 1
+        log.debug("session_started", session=self.sessions, language=language)
+        self._send(m.session_started())
+        if self.settings.idle_end_s > 0:
+            self._idle_task = self._loop.create_task(self._watch_idle(), name="streaming-stt-idle")
+        return True
+
+    async def _end(self, reason: EndReason) -> None:
+        """Recognise what remains, send final and session_ended. The lock is held."""
+        assert self._pump is not None
+        self.state = State.FINISHING
+        started = self._loop.time()
+        if self._idle_task is not None and self._idle_task is not asyncio.current_task():
+            self._idle_task.cancel()
+        self._idle_task = None
+        if self._container is not None:
+            await self._container.finish()  # its last audio arrives through _on_pcm
+        self._feed_pending()
+        try:
+            await self._pump.finish()
+        except Exception as exc:  # noqa: BLE001 - the final still goes out with what we have
+            self._report_engine_failure(exc)
+        text = self.text()
+        self._send(m.final(text))
+        self._send(m.session_ended())
+        if reason is EndReason.STOP and self._observe_final_latency is not None:
+            self._observe_final_latency(self._loop.time() - started)
+        log.debug("session_ended", session=self.sessions, reason=reason.value,
+                  audio_s=round(self._pump.audio_seconds, 2), format=self.input_format)
+        await self._release()
+        self._last_final = text
+        self.ended_by = reason
+        self.state = State.ENDED
+
+    async def _release(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        if self._pump is not None:
+            pump, self._pump = self._pump, None
+            await pump.close()
+            self.audio_seconds += pump.audio_seconds
+            self.processing_seconds += pump.processing_seconds
+        self._pending, self._pending_len = [], 0
+
+    async def _watch_idle(self) -> None:
+        idle = self.settings.idle_end_s
+        while self.state is State.ACTIVE:
+            last = self._last_audio
+            remaining = idle if last is None else last + idle - self._loop.time()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+                continue
+            async with self._lock:
+                last = self._last_audio
+                if (self.state is State.ACTIVE and last is not None
+                        and self._loop.time() - last >= idle):
+                    log.debug("session_idle_end", idle_s=idle)
+                    await self._end(EndReason.IDLE)
+                    return
+
+    # ------------------------------------------------------------------ audio
+
+    async def _accept(self, data: bytes) -> None:
+        if self.input_format is None:
+            demuxer = sniff_container(data)
+            if demuxer is not None:
+                self._container = ContainerStream(
+                    demuxer, self._on_pcm, on_error=self._on_decode_error, loop=self._loop,
+                    max_pending_bytes=self.settings.max_container_bytes)
+            self.input_format = demuxer or "pcm"
+        if self._container is not None:
+            try:
+                self._container.feed(data)
+            except AudioError as exc:
+                self._error(m.BACKLOG_FULL if exc.reason == "backlog_full" else m.INVALID_AUDIO, str(exc))
+                return
+        else:
+            if sniff_container(data) is not None:
+                self._error(m.NOT_AUDIO, "this session streams raw PCM; a container stream must "
+                                         "start a session of its own")
+                return
+            what = m.describe_non_audio(data)
+            if what is not None:
+                self._error(m.NOT_AUDIO, f"the binary message is {what}, not PCM audio")
+                return
+            try:
+                pcm = pcm16le_to_float(data)
+            except AudioError as exc:
+                self._error(m.INVALID_AUDIO, str(exc))
+                return
+            self._on_pcm(pcm)
+        self._last_audio = self._loop.time()
+        await self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
+        """Backpressure: stop reading the socket while too much audio waits for the engine."""
+        pump = self._pump
+        while pump is not None and pump.backlog_seconds >= self.settings.max_backlog_s:
+            try:
+                await pump.drain()
+            except Exception:  # noqa: BLE001 - the pump failed; _feed_pending reports it
+                return
+        self._last_audio = self._loop.time()
+
+    def _on_pcm(self, pcm: Audio) -> None:
+        if self.state not in (State.ACTIVE, State.FINISHING) or self._engine_failed:
+            return
+        self._pending.append(pcm)
+        self._pending_len += len(pcm)
+        if self._pending_len >= self._interval:
+            self._feed_pending()
+
+    def _feed_pending(self) -> None:
+        if not self._pending or self._pump is None or self._engine_failed:
+            return
+        pcm = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        self._pending, self._pending_len = [], 0
+        try:
+            self._pump.feed(pcm)
+        except BacklogFull as exc:
+            self._error(m.BACKLOG_FULL, f"audio dropped: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the engine failed on earlier audio
+            self._report_engine_failure(exc)
+            if self.state is State.ACTIVE and self._fail_task is None:
+                self._fail_task = self._loop.create_task(self._end_after_failure())
+
+    def _on_decode_error(self, error: AudioError) -> None:
+        if self.state in (State.ACTIVE, State.FINISHING):
+            self._error(m.INVALID_AUDIO, str(error))
+
+    async def _end_after_failure(self) -> None:
+        try:
+            async with self._lock:
+                if self.state is State.ACTIVE:
+                    await self._end(EndReason.ERROR)
+        finally:
+            self._fail_task = None
+
+    async def _on_hypotheses(self, hyps: list[Hypothesis]) -> None:
+        for hyp in hyps:
+            text = hyp.text.strip()
+            if hyp.is_final:
+                if text:
+                    self._finished.append(text)
+                self._current = ""
+            else:
+                self._current = text
+        if self.state is State.ACTIVE:
+            text = self.text()
+            if text:
+                self.partials_sent += 1
+                self._send(m.partial(text))
+
+    # ------------------------------------------------------------------ errors
+
+    def _report_engine_failure(self, exc: BaseException) -> None:
+        if self._engine_failed:
+            return
+        self._engine_failed = True
+        if isinstance(exc, ExecutorBusy):
+            self._error(m.SERVER_BUSY, "the server is too busy to recognise this session")
+        else:
+            log.error("recognition_failed", error=f"{exc.__class__.__name__}: {exc}")
+            self._error(m.ENGINE_ERROR, f"recognition failed: {exc.__class__.__name__}")
+
+    def _error(self, code: str, message: str) -> None:
+        self.errors_sent += 1
+        if self._count_error is not None:
+            self._count_error(code)
+        self._send(m.error(code, message))
+
+
+def _first_frame_problem(data: bytes) -> tuple[str, str] | None:
+    """Why a binary message cannot start a session, or None."""
+    if sniff_container(data) is not None:
+        return None
+    what = m.describe_non_audio(data)
+    if what is not None:
+        return m.NOT_AUDIO, f"the binary message is {what}, not audio"
+    if len(data) % 2:
+        return m.INVALID_AUDIO, f"PCM int16 needs an even number of bytes, got {len(data)}"
+    if not data:
+        return m.INVALID_AUDIO, "empty audio message"
+    return None
