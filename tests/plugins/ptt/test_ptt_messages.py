@@ -1,0 +1,45 @@
+"""The PTT wire format: what parses, what is refused with which code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from asrhub_plugins.ptt import messages as m
+
+
+def test_control_and_audio_parse():
+    assert m.parse('{"type":"control","command":"start","timestamp":1698756432000}') == \
+        m.Control("start", 1698756432000)
+    assert m.parse('{"type":"control","command":"stop"}') == m.Control("stop", None)
+    assert m.parse('{"type":"control","command":"reset","timestamp":"soon"}') == m.Control("reset", None)
+    assert m.parse('{"type":"audio","data":"AAA="}') == m.AudioChunk("AAA=", None)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"command": "start"}', "no \"type\""),
+    ('{"type": "hello"}', "unknown message type 'hello'"),
+    ('{"type": "control"}', "unknown command None"),
+    ('{"type": "control", "command": "pause"}', "unknown command 'pause'"),
+    ('{"type": "audio"}', "needs \"data\""),
+    ('{"type": "audio", "data": 12}', "needs \"data\""),
+])
+def test_bad_messages_are_400(text, fragment):
+    with pytest.raises(m.ProtocolError) as info:
+        m.parse(text)
+    assert info.value.code == m.BAD_REQUEST
+    assert fragment in info.value.message
+
+
+def test_server_messages_have_the_seed_fields():
+    result = m.result("partial", "hello", 1.7, 125.54)
+    assert set(result) == {"type", "mode", "text", "timestamp", "confidence", "processing_time_ms"}
+    assert result["confidence"] == 1.0 and result["processing_time_ms"] == 125.5
+    assert isinstance(result["timestamp"], int)
+    assert set(m.status("connected")) == {"type", "code", "message", "timestamp"}
+    assert m.error(409, "x") | {"timestamp": 0} == {"type": "error", "code": 409, "message": "x",
+                                                     "timestamp": 0}
+    json.dumps([result, m.status("ok"), m.error(400, "x")])
