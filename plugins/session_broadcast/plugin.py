@@ -1,1 +1,37 @@
-"""Placeholder until the plugin lands."""
+"""asrhub plugin: the session-broadcast protocol on :8000 (seed ``session-broadcast-8000.md``).
+
+``/ws/asr/{session_id}?mode=sender`` streams float32 PCM; every ``mode=receiver`` of the same
+session (and the sender) gets ``{"asr", "spk"}`` per recognised segment.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from asrhub.hookspecs import hookimpl
+from asrhub.specs import ProtocolSpec
+
+from .settings import BroadcastSettings
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from asrhub.hub import Hub
+
+
+def _setup(app: web.Application, hub: Hub, settings: BroadcastSettings) -> None:
+    from .handler import setup_routes
+
+    setup_routes(app, hub, settings)
+
+
+@hookimpl
+def asrhub_register_protocols() -> list[ProtocolSpec]:
+    return [ProtocolSpec(
+        name="session_broadcast",
+        default_port=8000,
+        description="session broadcast: one sender's float32 PCM, VAD-segmented results with "
+                    "speaker identification to every receiver (/ws/asr/{session_id}?mode=)",
+        setup=_setup,
+        settings_class=BroadcastSettings,
+    )]

@@ -1,0 +1,162 @@
+"""aiohttp glue for ``/ws/asr/{session_id}?mode=sender|receiver``: parse, hand to the session,
+map errors to ``{"type": "error"}`` messages and close codes."""
+
+from __future__ import annotations
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from asrhub.connection import Connection, websocket_connection
+from asrhub.engine import SAMPLE_RATE
+from asrhub.executor import InferenceExecutor
+from asrhub.hub import Hub
+
+from .messages import (
+    EndOfAudio,
+    ErrorCode,
+    Mode,
+    ProtocolError,
+    error_message,
+    parse_mode,
+    parse_sender_audio,
+    parse_sender_text,
+    parse_session_id,
+)
+from .pipeline import Engines
+from .session import BroadcastSession, SessionRegistry
+from .settings import BroadcastSettings
+
+PROTOCOL = "session_broadcast"
+REGISTRY_KEY: web.AppKey[SessionRegistry] = web.AppKey("session_broadcast_registry")
+
+# Close codes: refusals are policy violations (the client can fix them); load is 1013.
+TRY_AGAIN_LATER = 1013
+REFUSAL_CODES = {
+    ErrorCode.TOO_MANY_SESSIONS: TRY_AGAIN_LATER,
+    ErrorCode.TOO_MANY_RECEIVERS: TRY_AGAIN_LATER,
+    ErrorCode.SERVER_BUSY: TRY_AGAIN_LATER,
+}
+
+
+async def load_engines(hub: Hub, settings: BroadcastSettings) -> Engines:
+    """The shared engines a sender's session needs (loaded once per process)."""
+    vad = await hub.vad()
+    asr = await hub.asr()
+    speaker = voiceprints = None
+    if settings.identify_speakers:
+        speaker = await hub.speaker()
+        if speaker is not None:
+            voiceprints = await hub.voiceprints()
+    return Engines(vad=vad, asr=asr, speaker=speaker, voiceprints=voiceprints)
+
+
+def setup_routes(app: web.Application, hub: Hub, settings: BroadcastSettings) -> None:
+    registry = SessionRegistry(
+        settings,
+        load_engines=lambda: load_engines(hub, settings),
+        executor=lambda: _executor(hub),
+        on_error=lambda code: hub.count_error(PROTOCOL, str(code)),
+    )
+    app[REGISTRY_KEY] = registry
+
+    async def stop_sessions(app: web.Application) -> None:
+        await registry.shutdown()
+
+    app.on_shutdown.append(stop_sessions)
+
+    async def ws_asr(request: web.Request) -> web.StreamResponse:
+        async with websocket_connection(
+                request, PROTOCOL, max_msg_size=settings.max_message_bytes,
+                heartbeat=settings.heartbeat_s or None, max_outbox=settings.client_queue,
+                max_connections=settings.max_connections) as conn:
+            try:
+                if getattr(conn, "over_limit", False):
+                    raise ProtocolError(ErrorCode.SERVER_BUSY, "too many connections: try again later")
+                session_id = parse_session_id(request.match_info["session_id"])
+                mode = parse_mode(request.query.get("mode"))
+                conn.summary_extra.update(session_id=session_id, mode=str(mode))
+                session = registry.get_or_create(session_id)
+                if mode is Mode.RECEIVER:
+                    session.add_receiver(conn)
+                else:
+                    session.attach_sender(conn)
+            except ProtocolError as exc:
+                await refuse(conn, exc)
+                return conn.ws
+            if mode is Mode.RECEIVER:
+                await serve_receiver(conn, session)
+            else:
+                await serve_sender(conn, session)
+        return conn.ws
+
+    app.router.add_get("/ws/asr/{session_id}", ws_asr)
+
+
+def _executor(hub: Hub) -> InferenceExecutor:
+    assert hub.executor is not None, "the server starts the executor before any connection"
+    return hub.executor
+
+
+async def refuse(conn: Connection, exc: ProtocolError) -> None:
+    conn.hub.count_error(PROTOCOL, str(exc.code))
+    conn.send_json(error_message(exc.code, exc.message))
+    await conn.close(REFUSAL_CODES.get(exc.code, WSCloseCode.POLICY_VIOLATION), exc.message)
+
+
+def report(conn: Connection, exc: ProtocolError) -> None:
+    conn.hub.count_error(PROTOCOL, str(exc.code))
+    conn.send_json(error_message(exc.code, exc.message))
+
+
+async def serve_receiver(conn: Connection, session: BroadcastSession) -> None:
+    """A receiver only listens; whatever it sends is answered with an error and ignored."""
+    warned = False
+    try:
+        async for msg in conn.ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not warned:
+                warned = True
+                report(conn, ProtocolError(ErrorCode.RECEIVER_SENT_DATA,
+                                           "receivers only receive results; messages from a "
+                                           "receiver are ignored"))
+    finally:
+        session.remove_receiver(conn)
+        conn.summary_extra["results"] = session.results
+
+
+async def serve_sender(conn: Connection, session: BroadcastSession) -> None:
+    said_close = False
+    try:
+        async for msg in conn.ws:
+            if msg.type == WSMsgType.BINARY:
+                try:
+                    frame = parse_sender_audio(msg.data)
+                    session.feed(frame.pcm)
+                except ProtocolError as exc:
+                    report(conn, exc)
+                    if exc.code is ErrorCode.BACKLOG_FULL:
+                        conn.close_reason = "backlog full"
+                        session.end_of_audio("backlog full")
+                        break
+                    continue
+                conn.audio_seconds += len(frame.pcm) / SAMPLE_RATE
+            elif msg.type == WSMsgType.TEXT:
+                try:
+                    parsed = parse_sender_text(msg.data)
+                except ProtocolError as exc:
+                    report(conn, exc)
+                    continue
+                if isinstance(parsed, EndOfAudio):
+                    said_close = True
+                    break
+            else:  # ERROR (CLOSE/CLOSING end the iteration)
+                break
+    finally:
+        # A sender that went away without "close" (a closed browser tab) still gets its audio
+        # recognised for the receivers.
+        session.end_of_audio("sender sent close" if said_close else "sender disconnected")
+    if said_close or not conn.closed:
+        # The session sends the remaining results, then the acknowledgement, then closes us.
+        await session.wait_closed()
+        conn.close_reason = "session closed"
+    conn.processing_seconds = session.processing_seconds
+    conn.summary_extra.update(results=session.results, segments=session.segments,
+                              receivers_peak=session.receivers_peak)
