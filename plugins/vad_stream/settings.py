@@ -1,0 +1,100 @@
+"""``[protocols.vad_stream]``: the seed's configuration parameters, as settings.
+
+Seed parameter → setting (defaults are the seed's unless noted):
+
+| seed | setting |
+|---|---|
+| ``WS_HOST`` / ``WS_PORT`` | the core's ``host`` / ``port`` (9200); the HTTP service is ``[protocols.vad_stream.static]`` (9201) |
+| ``VAD_THRESHOLD`` (0.5) | the VAD engine's own setting (``[engines.silero]``): the engine is shared by every protocol |
+| ``VAD_SPEECH_FRAMES`` (3) | ``vad_speech_frames`` |
+| ``VAD_SILENCE_FRAMES`` (10) | ``vad_silence_frames`` (the seed's prose says 5, its table 10: the table wins) |
+| (frame length, not in the seed) | ``vad_frame_ms`` = 32 (one Silero window) |
+| ``ENERGY_THRESHOLD`` (0.01) | ``energy_threshold`` (RMS of the segment, full scale = 1.0) |
+| ``VAD_SPEECH_RATIO_THRESHOLD`` (0.3) | ``speech_ratio_threshold`` |
+| 最小语音段时长 (0.3 s) | ``min_segment_s`` |
+| 最大缓冲时长 (2.0 s) | ``buffer_max_s``: audio kept before a detected speech start |
+| ``ASR_MIN_TEXT_LENGTH`` (2) | ``min_text_length`` |
+| ``NS_ENABLED`` (false) | ``ns_enabled`` (+ ``ns_engine``: "" = ``[engines] denoise``) |
+| ``SPEAKER_THRESHOLD`` (0.3) | ``speaker_threshold``: 0 = the speaker engine's calibrated default (0.3 was calibrated for ERes2NetV2, not for the hub's engine) |
+| ``SPEAKER_MODEL_ID`` | ``[engines] speaker`` |
+| ``SPEAKER_DB_PATH`` | ``[engines] voiceprints`` (the store lives in the hub's state directory) |
+| ``SPEAKER_MIN_REGISTRATION_DURATION`` (3.0) | ``speaker_min_registration_s`` |
+| ``SPEAKER_MAX_REGISTRATION_DURATION`` (30.0) | ``speaker_max_registration_s`` (audio past it is ignored) |
+| ``SPEAKER_VERIFICATION_REQUIRED`` (false) | ``speaker_verification_required`` |
+| ``SPEAKER_VERIFICATION_DEFAULT_USER`` ("") | ``speaker_verification_default_user`` |
+| 连接超时 60 s / Ping 间隔 20 s | ``ping_interval_s`` (WebSocket ping; a peer silent for half of it after a ping is closed) |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class VadStreamSettings:
+    # --- VAD segmentation (dual hysteresis on top of the hub's VAD engine)
+    vad_speech_frames: int = 3
+    vad_silence_frames: int = 10
+    vad_frame_ms: int = 32
+    prefix_padding_ms: int = 300
+    buffer_max_s: float = 2.0
+    max_segment_s: float = 30.0
+    # --- quality filters (streaming mode only; batch mode skips them, as the seed says)
+    energy_threshold: float = 0.01
+    speech_ratio_threshold: float = 0.3
+    min_segment_s: float = 0.3
+    min_text_length: int = 2
+    # --- recognition
+    language: str = "zh"  # a language code, a seed name ("中文"), or "auto" (detected once per session)
+    asr_engine: str = ""  # "" = [engines] asr
+    # --- noise suppression
+    ns_enabled: bool = False
+    ns_engine: str = ""  # "" = [engines] denoise
+    # --- batch mode
+    batch_min_s: float = 0.3
+    batch_max_s: float = 300.0
+    progress_interval_bytes: int = 64000  # one "receiving" progress message per this many bytes
+    # --- speakers
+    speaker_threshold: float = 0.0
+    speaker_min_registration_s: float = 3.0
+    speaker_max_registration_s: float = 30.0
+    speaker_verification_required: bool = False
+    speaker_verification_default_user: str = ""
+    # --- transport and bounds
+    ping_interval_s: float = 20.0
+    max_message_bytes: int = 1024 * 1024
+    max_connections: int = 0  # 0 = no limit
+    max_backlog_s: float = 30.0  # streaming audio waiting for the VAD
+    max_pending_jobs: int = 16  # segments / batch / registration jobs waiting for a model
+    max_outbox: int = 256
+    # --- the HTTP service on the extra "static" listener
+    web_dir: str = ""  # "" = the bundled web/ folder
+
+    def validate(self) -> None:
+        positive = ("vad_speech_frames", "vad_silence_frames", "vad_frame_ms", "buffer_max_s",
+                    "max_segment_s", "batch_max_s", "progress_interval_bytes", "ping_interval_s",
+                    "max_message_bytes", "max_backlog_s", "max_pending_jobs", "max_outbox",
+                    "speaker_max_registration_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        not_negative = ("prefix_padding_ms", "energy_threshold", "speech_ratio_threshold",
+                        "min_segment_s", "min_text_length", "batch_min_s", "speaker_threshold",
+                        "speaker_min_registration_s", "max_connections")
+        for name in not_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.speech_ratio_threshold > 1:
+            raise ValueError("speech_ratio_threshold is a fraction from 0 to 1")
+        if self.prefix_padding_ms / 1000 > self.buffer_max_s:
+            raise ValueError("prefix_padding_ms must fit in buffer_max_s")
+        if self.speaker_min_registration_s > self.speaker_max_registration_s:
+            raise ValueError("speaker_min_registration_s exceeds speaker_max_registration_s")
+        if self.batch_min_s > self.batch_max_s:
+            raise ValueError("batch_min_s exceeds batch_max_s")
+        if self.speaker_verification_required and not self.speaker_verification_default_user.strip():
+            raise ValueError("speaker_verification_required needs speaker_verification_default_user")
+
+    @property
+    def frame_samples(self) -> int:
+        return self.vad_frame_ms * 16
