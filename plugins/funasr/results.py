@@ -19,7 +19,8 @@ from asrhub.engine import Segment, Transcript, Word
 
 _TAG = re.compile(r"<\|([^|]*)\|>")
 _CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"
-_SPACE_BETWEEN_CJK = re.compile(rf"(?<=[{_CJK}])\s+(?=[{_CJK}])")
+# FunASR's punctuated output puts no space between CJK and Latin text ("is on他一定在家").
+_SPACE_BESIDE_CJK = re.compile(rf"(?<=[{_CJK}])\s+|\s+(?=[{_CJK}])")
 _IS_CJK = re.compile(rf"[{_CJK}]")
 SENSEVOICE_LANGUAGES = {"zh", "en", "yue", "ja", "ko"}
 # A pause this long between two tokens starts a new segment (when FunASR gives no sentences).
@@ -27,10 +28,10 @@ SEGMENT_GAP_MS = 500
 
 
 def clean_text(text: str) -> str:
-    """No rich tags, no spaces between CJK characters, single spaces elsewhere."""
+    """No rich tags, no spaces beside CJK characters, single spaces elsewhere."""
     text = _TAG.sub("", text or "")
     text = " ".join(text.split())
-    return _SPACE_BETWEEN_CJK.sub("", text)
+    return _SPACE_BESIDE_CJK.sub("", text)
 
 
 def language_tag(text: str) -> str | None:
