@@ -4,7 +4,7 @@ One :class:`StreamingSession` per connection; it runs any number of recognition 
 after another::
 
     IDLE --start / audio--> ACTIVE --stop / idle end / engine failure--> FINISHING --> ENDED
-    ENDED --start--> ACTIVE          ENDED --audio (after an idle end)--> ACTIVE
+    ENDED --start--> ACTIVE          ENDED --audio (only after an idle end)--> ACTIVE
     any --disconnect--> CLOSED
 
 Incremental recognition: audio is handed to the engine's VAD-segmented stream every
@@ -22,6 +22,8 @@ Decisions the seed leaves open (documented in the README):
   saw ``session_ended``. A ``stop`` arriving after such an idle end is answered with the same
   ``final`` and ``session_ended`` again (so a client waiting for them gets them), and audio
   arriving after it starts a new session (``session_started`` is sent).
+- If recognition fails mid-session, the client gets an ``error``, then ``final`` (what was
+  recognised so far) and ``session_ended``; more audio needs a new ``start``.
 - Audio without ``start`` starts a session (``session_started`` is sent first).
 - The first binary message of a session decides its format: a WebM/Ogg/WAV container if it
   starts with one's magic (decoded incrementally, see :mod:`asrhub.container_stream`),
@@ -110,6 +112,7 @@ class StreamingSession:
         self._fail_task: asyncio.Task | None = None
         self._engine_failed = False
         self._last_final = ""
+        self._refused_audio = False
 
     # ------------------------------------------------------------------ inputs
 
@@ -145,9 +148,13 @@ class StreamingSession:
         async with self._lock:
             if self.state is State.CLOSED:
                 return
-            if self.state is State.ENDED and self.ended_by is EndReason.STOP:
+            if self.state is State.ENDED and self.ended_by is not EndReason.IDLE:
+                if self._refused_audio:  # told once per ended session, not once per frame
+                    return
+                self._refused_audio = True
+                why = "was stopped" if self.ended_by is EndReason.STOP else "ended after an error"
                 self._error(m.AUDIO_AFTER_STOP,
-                            "the session was stopped; send {\"command\": \"start\"} to begin a new one")
+                            f"the session {why}; send {{\"command\": \"start\"}} to begin a new one")
                 return
             if self.state is not State.ACTIVE:
                 problem = _first_frame_problem(data)
@@ -226,6 +233,7 @@ class StreamingSession:
                   audio_s=round(self._pump.audio_seconds, 2), format=self.input_format)
         await self._release()
         self._last_final = text
+        self._refused_audio = False
         self.ended_by = reason
         self.state = State.ENDED
 
@@ -270,6 +278,8 @@ class StreamingSession:
             try:
                 self._container.feed(data)
             except AudioError as exc:
+                if exc is self._container.error:
+                    return  # the decoding failure was reported when it happened
                 self._error(m.BACKLOG_FULL if exc.reason == "backlog_full" else m.INVALID_AUDIO, str(exc))
                 return
         else:
