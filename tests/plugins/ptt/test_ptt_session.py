@@ -16,12 +16,12 @@ import time
 
 import numpy as np
 import pytest
-
-from asrhub.engine import Hypothesis
-from asrhub.executor import InferenceExecutor
 from asrhub_plugins.ptt.session import PTTSession, State, join_texts
 from asrhub_plugins.ptt.settings import PTTSettings
 from asrhub_plugins.ptt.stats import PTTStats
+
+from asrhub.engine import Hypothesis
+from asrhub.executor import InferenceExecutor
 
 WORD = 8000  # samples per counted word (0.5 s)
 
@@ -276,3 +276,34 @@ def test_join_texts_spaces_words_but_not_cjk():
     assert join_texts(["hello world", " again ", ""]) == "hello world again"
     assert join_texts(["欢迎大家", "来体验。", "OK"]) == "欢迎大家来体验。 OK"
 
+
+
+# ---------------------------------------------------------------------------- the real engine
+
+
+@pytest.fixture(scope="module")
+def whisper_streams():
+    """A factory of real Whisper tiny.en streams (with the Silero VAD), loaded once."""
+    from asrhub.testing import make_hub
+
+    hub = make_hub({"engines": {"asr": "whisper", "vad": "silero",
+                                "whisper": {"model": "tiny.en", "language": "en"}}}, only=["ptt"])
+    asr, vad = hub.engine_sync("asr"), hub.engine_sync("vad")
+    yield lambda: asr.open_stream(language="en", vad=vad.open_stream())
+    hub.unload_engines()
+
+
+async def test_real_engine_through_plain_messages(harness, whisper_streams):
+    import soundfile as sf
+
+    from asrhub.testing import manifest, testdata_dir, wer
+
+    name = "en/pocketsphinx_librivox_ss01_0890.wav"
+    pcm, _ = sf.read(testdata_dir() / name, dtype="int16")
+    chunks = [pcm[i:i + 8000] for i in range(0, len(pcm), 8000)]  # 0.5 s messages
+    h = harness(whisper_streams)
+    await h.run(START, *[{"type": "audio", "data": base64.b64encode(c.tobytes()).decode()}
+                         for c in chunks], STOP)
+    assert h.sent[-1]["mode"] == "final"
+    assert all(s["type"] == "result" for s in h.sent)
+    assert wer(manifest()[name]["transcript"], h.sent[-1]["text"]) <= 0.25, h.sent[-1]["text"]
