@@ -1,0 +1,433 @@
+"""The file service: durable uploads and tasks, the job queue, and who gets told what.
+
+One per process. It owns the :class:`~.store.TaskStore` (SQLite + spool), a queue with its own
+concurrency limit (``concurrency`` worker coroutines), the measured throughput (real-time
+factor, persisted) behind ``estimated_wait_minutes``, and the subscribers of each task (the
+connections that want its progress and result). On start it resumes what a crash or restart
+interrupted: running tasks go back to the queue, queued tasks are queued again, finished
+results stay cached.
+
+Each task moves through :class:`TaskState`; :meth:`FileService._transition` checks every move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from asrhub.audio import AudioError
+from asrhub.executor import ExecutorClosed
+
+from . import messages as m
+from .media import probe
+from .pipeline import FileTranscriber, render_result
+from .settings import FileTranscriptionSettings
+from .store import TaskRow, TaskStore, file_md5, write_chunk, write_file
+
+log = structlog.get_logger("asrhub.file_transcription")
+
+PROTOCOL = "file_transcription"
+PRIOR_RTF = 0.3  # processing seconds per audio second until one task has been measured
+RTF_WEIGHT = 0.3  # weight of the newest task in the moving average
+PROGRESS_STEP = 1.0  # percent between two task_progress messages
+PROGRESS_INTERVAL = 2.0  # ... or seconds
+BYTES_PER_SECOND_GUESS = 16_000  # audio length of a file the probe could not time (128 kbit/s)
+
+
+class TaskState(enum.StrEnum):
+    UPLOADING = "uploading"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.UPLOADING: frozenset({TaskState.QUEUED, TaskState.FAILED}),
+    TaskState.QUEUED: frozenset({TaskState.RUNNING, TaskState.FAILED}),
+    # Back to QUEUED when the server stops (or died) while transcribing: the task resumes.
+    TaskState.RUNNING: frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.QUEUED}),
+    TaskState.COMPLETED: frozenset(),
+    TaskState.FAILED: frozenset(),
+}
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """A connection that wants a task's progress and result."""
+
+    send: Callable[[dict[str, Any]], None]
+    output_format: str | None = None  # None: the task's own
+    on_complete: Callable[[float, float], None] | None = None  # (audio s, processing s)
+
+
+@dataclass
+class RunningTask:
+    task_id: str
+    duration: float | None
+    started: float = field(default_factory=time.monotonic)
+    progress: float = 0.0
+    stage: str = ""
+    sent_progress: float = -100.0
+    sent_at: float = 0.0
+
+
+class FileService:
+    def __init__(self, hub: Any, settings: FileTranscriptionSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.transcriber = FileTranscriber(hub, settings)
+        self._store: TaskStore | None = None
+        self.rtf = PRIOR_RTF
+        self._pending: list[str] = []
+        self._running: dict[str, RunningTask] = {}
+        self._subscribers: dict[str, list[Subscriber]] = {}
+        self._upload_locks: dict[str, asyncio.Lock] = {}
+        self._wake = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._janitor: asyncio.Task[None] | None = None
+
+    @property
+    def store(self) -> TaskStore:
+        if self._store is None:
+            raise RuntimeError("the file service is not started")
+        return self._store
+
+    @property
+    def root(self) -> Path:
+        return self.hub.state_dir / "file_transcription"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._store = await asyncio.to_thread(TaskStore, self.root)
+        self.rtf = float(self.store.get_meta("rtf") or PRIOR_RTF)
+        await self._recover()
+        self._workers = [asyncio.get_running_loop().create_task(self._worker(), name=f"file-worker-{i}")
+                         for i in range(self.settings.concurrency)]
+        self._janitor = asyncio.get_running_loop().create_task(self._expire_loop(), name="file-janitor")
+        log.info("file_service_started", root=str(self.root), queued=len(self._pending),
+                 concurrency=self.settings.concurrency, rtf=round(self.rtf, 4))
+
+    async def stop(self) -> None:
+        tasks = [*self._workers, *([self._janitor] if self._janitor else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._workers, self._janitor = [], None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    async def _recover(self) -> None:
+        store = self.store
+        for task in store.tasks_in(TaskState.RUNNING):
+            # The process died while transcribing this file; it may be the file's fault.
+            if task.attempts >= self.settings.max_attempts:
+                self._fail(task, m.TRANSCRIPTION_FAILED,
+                           f"the server stopped {task.attempts} times while transcribing this file")
+            else:
+                self._transition(task, TaskState.QUEUED, progress=0.0)
+                log.warning("file_task_resumed", task_id=task.task_id, attempts=task.attempts)
+        for task in store.tasks_in(TaskState.QUEUED):
+            if store.audio_path(task).is_file():
+                self._pending.append(task.task_id)
+            else:
+                self._fail(task, m.TRANSCRIPTION_FAILED, "the uploaded file was lost")
+        self._expire_uploads()
+        # Spool folders of tasks that no longer need them (finished, or never recorded).
+        keep = {t.task_id for t in store.tasks_in(TaskState.UPLOADING, TaskState.QUEUED)}
+        for folder in store.uploads.iterdir():
+            if folder.name not in keep:
+                await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    def _expire_uploads(self) -> None:
+        cutoff = time.time() - self.settings.upload_ttl_hours * 3600
+        for task in self.store.stale_uploads(cutoff):
+            log.info("file_upload_expired", task_id=task.task_id, file_name=task.file_name)
+            self.store.delete_task(task.task_id)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(3600.0, self.settings.upload_ttl_hours * 3600 / 4))
+            self._expire_uploads()
+
+    # ------------------------------------------------------------------ state
+
+    def _transition(self, task: TaskRow, new: TaskState, **fields: Any) -> None:
+        old = TaskState(task.state)
+        if new not in TRANSITIONS[old]:
+            raise RuntimeError(f"task {task.task_id}: {old} → {new} is not allowed")
+        self.store.update(task.task_id, state=str(new), **fields)
+        task.state = str(new)
+
+    def _fail(self, task: TaskRow, code: str, text: str, *, count: bool = True) -> None:
+        self._transition(task, TaskState.FAILED, error=json.dumps({"error": code, "message": text}),
+                         finished_at=time.time())
+        log.warning("file_task_failed", task_id=task.task_id, error=code, reason=text)
+        if count:
+            self.hub.count_error(PROTOCOL, code)
+        progress = self._running[task.task_id].progress if task.task_id in self._running else 0.0
+        self._publish(task.task_id, m.task_progress(task.task_id, progress, "failed", text))
+        self._publish(task.task_id, m.error(code, text, task_id=task.task_id))
+        self._subscribers.pop(task.task_id, None)
+        self.store.remove_spool(task.task_id)
+
+    @staticmethod
+    def failure(task: TaskRow) -> tuple[str, str]:
+        try:
+            info = json.loads(task.error or "{}")
+            return info.get("error", m.TRANSCRIPTION_FAILED), info.get("message", "")
+        except json.JSONDecodeError:
+            return m.TRANSCRIPTION_FAILED, task.error or ""
+
+    # ------------------------------------------------------------------ lookups
+
+    def cache_key(self, file_hash: str) -> str:
+        """The same file under the same engine, model, language and diarization setting."""
+        engine = self.hub.engine_name("asr", self.settings.asr_engine or None)
+        try:
+            model = getattr(self.hub.settings_for("asr", engine), "model", "")
+        except KeyError:
+            model = ""
+        diarize = "diarize" if self.settings.diarization else "single"
+        return f"{file_hash}|{engine}|{model}|{self.settings.language}|{diarize}"
+
+    def cached(self, cache_key: str) -> tuple[str, dict[str, Any], float] | None:
+        return self.store.get_result(cache_key)
+
+    def get(self, task_id: str) -> TaskRow | None:
+        return self.store.get(task_id)
+
+    def result_of(self, task: TaskRow) -> dict[str, Any] | None:
+        found = self.store.get_result(task.cache_key)
+        return found[1] if found is not None else None
+
+    def queue_info(self, task_id: str) -> tuple[int, float]:
+        """(1-based position among the waiting tasks, estimated wait in minutes) from the
+        remaining audio ahead of it and the measured real-time factor."""
+        try:
+            index = self._pending.index(task_id)
+        except ValueError:
+            return 0, 0.0
+        ahead = [self._remaining_audio(r) for r in self._running.values()]
+        ahead += [self._queued_audio(t) for t in self._pending[:index]]
+        free = self.settings.concurrency - len(self._running)
+        if index < free:
+            return index + 1, 0.0
+        seconds = sum(ahead) * self.rtf / self.settings.concurrency
+        return index + 1, round(seconds / 60, 1)
+
+    def _remaining_audio(self, run: RunningTask) -> float:
+        duration = run.duration if run.duration is not None else 60.0
+        return duration * (1.0 - run.progress / 100.0)
+
+    def _queued_audio(self, task_id: str) -> float:
+        task = self.store.get(task_id)
+        if task is None:
+            return 0.0
+        if task.duration is not None:
+            return task.duration
+        return task.file_size / BYTES_PER_SECOND_GUESS
+
+    # ------------------------------------------------------------------ uploads
+
+    def check_capacity(self, file_size: int) -> None:
+        if self.store.count_pending() >= self.settings.max_pending_tasks:
+            raise m.ProtocolError(m.QUEUE_FULL, f"{self.settings.max_pending_tasks} files are already "
+                                                "waiting; try again later")
+        free = shutil.disk_usage(self.root).free
+        if free < file_size * 2 + 64 * 1024 * 1024:
+            raise m.ProtocolError(m.SERVER_BUSY, "not enough disk space for this file now")
+
+    def new_task(self, req: m.UploadRequest, cache_key: str) -> TaskRow:
+        return self.store.create_task(
+            task_id=str(uuid.uuid4()), file_name=req.file_name, file_size=req.file_size,
+            file_hash=req.file_hash, cache_key=cache_key, output_format=req.output_format,
+            chunked=req.chunked, chunk_size=req.chunk_size, total_chunks=req.total_chunks)
+
+    def find_unfinished(self, cache_key: str) -> TaskRow | None:
+        return self.store.find_unfinished(cache_key)
+
+    def received_chunks(self, task_id: str) -> list[int]:
+        return self.store.received_chunks(task_id)
+
+    def abandon(self, task_id: str) -> None:
+        """Drop an upload that received nothing (its client went away or started another):
+        it would only hold a place among the pending tasks until it expired."""
+        task = self.store.get(task_id)
+        if (task is not None and task.state == TaskState.UPLOADING
+                and not self.store.received_chunks(task_id) and task_id not in self._upload_locks):
+            self.store.delete_task(task_id)
+
+    def _lock(self, task_id: str) -> asyncio.Lock:
+        return self._upload_locks.setdefault(task_id, asyncio.Lock())
+
+    async def store_chunk(self, task: TaskRow, index: int, data: bytes, md5: str) -> bool:
+        """Write one verified chunk; True if it was already stored (a duplicate)."""
+        async with self._lock(task.task_id):
+            if self.store.chunk_md5(task.task_id, index) == md5:
+                return True
+            await asyncio.to_thread(write_chunk, self.store.partial_path(task.task_id),
+                                    index * task.chunk_size, data)
+            self.store.record_chunk(task.task_id, index, len(data), md5)
+            return False
+
+    async def finish_chunked(self, task: TaskRow) -> None:
+        """All chunks are in: verify the whole file, probe it, queue it. Raises ProtocolError."""
+        async with self._lock(task.task_id):
+            current = self.store.get(task.task_id)
+            if current is None or current.state != TaskState.UPLOADING:
+                return  # another connection finished it
+            partial = self.store.partial_path(task.task_id)
+            digest, size = await asyncio.to_thread(file_md5, partial)
+            if digest != task.file_hash or size != task.file_size:
+                # Start the upload over: the client re-sends every chunk with the same task_id.
+                self.store.forget_chunks(task.task_id)
+                await asyncio.to_thread(partial.unlink, True)
+                raise m.ProtocolError(m.HASH_MISMATCH, f"the file's MD5 is {digest} ({size} bytes), "
+                                      f"not {task.file_hash} ({task.file_size} bytes) as announced; "
+                                      "send the file again", task_id=task.task_id)
+            target = self.store.audio_path(task)
+            await asyncio.to_thread(partial.replace, target)
+            await self._queue_upload(current, target)
+        self._upload_locks.pop(task.task_id, None)
+
+    async def finish_single(self, task: TaskRow, data: bytes) -> None:
+        """The whole file arrived (already verified against its hash): spool, probe, queue."""
+        async with self._lock(task.task_id):
+            current = self.store.get(task.task_id)
+            if current is None or current.state != TaskState.UPLOADING:
+                return
+            target = self.store.audio_path(task)
+            await asyncio.to_thread(write_file, target, data)
+            await self._queue_upload(current, target)
+        self._upload_locks.pop(task.task_id, None)
+
+    async def _queue_upload(self, task: TaskRow, path: Path) -> None:
+        try:
+            duration = await asyncio.to_thread(probe, path)
+        except AudioError as exc:
+            self._fail(task, m.INVALID_FILE_TYPE, str(exc), count=False)  # the session counts it
+            raise m.ProtocolError(m.INVALID_FILE_TYPE, f"{task.file_name}: not a supported audio "
+                                  f"file ({exc})", task_id=task.task_id) from None
+        self._transition(task, TaskState.QUEUED, queued_at=time.time(), duration=duration)
+        self._pending.append(task.task_id)
+        self._wake.set()
+        log.info("file_task_queued", task_id=task.task_id, file_name=task.file_name,
+                 size=task.file_size, audio_s=round(duration, 2) if duration else None,
+                 position=len(self._pending))
+
+    # ------------------------------------------------------------------ subscribers
+
+    def subscribe(self, task_id: str, subscriber: Subscriber) -> None:
+        subs = self._subscribers.setdefault(task_id, [])
+        if subscriber not in subs:
+            subs.append(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        for task_id, subs in list(self._subscribers.items()):
+            if subscriber in subs:
+                subs.remove(subscriber)
+            if not subs:
+                del self._subscribers[task_id]
+
+    def _publish(self, task_id: str, message: dict[str, Any]) -> None:
+        for sub in list(self._subscribers.get(task_id, ())):
+            sub.send(message)
+
+    def progress_message(self, task_id: str) -> dict[str, Any] | None:
+        run = self._running.get(task_id)
+        if run is None:
+            return None
+        return m.task_progress(task_id, run.progress, "processing", run.stage or "正在处理音频...")
+
+    def complete_message(self, task: TaskRow, result: dict[str, Any], fmt: str | None) -> dict[str, Any]:
+        return m.task_complete(task.task_id, render_result(result, fmt or task.output_format),
+                               task.finished_at)
+
+    def _notify_positions(self) -> None:
+        for task_id in self._pending:
+            if self._subscribers.get(task_id):
+                position, wait = self.queue_info(task_id)
+                self._publish(task_id, m.task_queued(task_id, position, wait))
+
+    # ------------------------------------------------------------------ the queue
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            task_id = self._pending.pop(0)
+            await self._run(task_id)
+            self._notify_positions()
+
+    def _progress(self, run: RunningTask, percent: float, stage: str) -> None:
+        """Called on the loop (the engine's callback hops here from its worker thread)."""
+        run.progress = max(run.progress, min(percent, 99.9))
+        now = time.monotonic()
+        if (run.progress - run.sent_progress < PROGRESS_STEP and stage == run.stage
+                and now - run.sent_at < PROGRESS_INTERVAL):
+            return
+        run.stage, run.sent_progress, run.sent_at = stage, run.progress, now
+        if self._store is not None:
+            self.store.update(run.task_id, progress=round(run.progress, 1))
+        self._publish(run.task_id, m.task_progress(run.task_id, run.progress, "processing", stage))
+
+    async def _run(self, task_id: str) -> None:
+        task = self.store.get(task_id)
+        if task is None or task.state != TaskState.QUEUED:
+            return
+        attempts = task.attempts
+        self._transition(task, TaskState.RUNNING, started_at=time.time(), attempts=attempts + 1,
+                         progress=0.0)
+        run = RunningTask(task_id, task.duration)
+        self._running[task_id] = run
+        self._notify_positions()
+        started = time.perf_counter()
+        try:
+            with structlog.contextvars.bound_contextvars(task_id=task_id):
+                result, duration = await self.transcriber.transcribe(
+                    self.store.audio_path(task), lambda p, s: self._progress(run, p, s))
+        except (asyncio.CancelledError, ExecutorClosed):
+            # The server is stopping: not the file's fault; it resumes on the next start.
+            if self._store is not None:
+                self._transition(task, TaskState.QUEUED, attempts=attempts, progress=0.0)
+            log.info("file_task_interrupted", task_id=task_id)
+            raise
+        except AudioError as exc:
+            self._fail(task, m.INVALID_FILE_TYPE, f"{task.file_name}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - reported to the client, logged with traceback
+            log.exception("file_task_failed", task_id=task_id)
+            self._fail(task, m.TRANSCRIPTION_FAILED, f"{exc.__class__.__name__}: {exc}")
+        else:
+            self._complete(task, result, duration, time.perf_counter() - started)
+        finally:
+            self._running.pop(task_id, None)
+
+    def _complete(self, task: TaskRow, result: dict[str, Any], duration: float, elapsed: float) -> None:
+        self.store.finish(task.task_id, task.cache_key, result, duration)
+        task.state, task.finished_at = str(TaskState.COMPLETED), time.time()
+        if duration > 1.0:
+            self.rtf = (1 - RTF_WEIGHT) * self.rtf + RTF_WEIGHT * (elapsed / duration)
+            self.store.set_meta("rtf", f"{self.rtf:.6f}")
+        log.info("file_task_completed", task_id=task.task_id, audio_s=round(duration, 2),
+                 processing_s=round(elapsed, 3), rtf=round(elapsed / duration, 4) if duration else None,
+                 segments=len(result["segments"]), speakers=len(result["speakers"]))
+        self._publish(task.task_id, m.task_progress(task.task_id, 100.0, "completed", "转录完成"))
+        for sub in self._subscribers.pop(task.task_id, []):
+            sub.send(self.complete_message(task, result, sub.output_format))
+            if sub.on_complete is not None:
+                sub.on_complete(duration, elapsed)
+        self.store.remove_spool(task.task_id)
