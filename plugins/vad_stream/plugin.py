@@ -26,7 +26,8 @@ def _check(hub: Hub, settings: VadStreamSettings) -> None:
     """What the settings class cannot see alone: the engines they need exist."""
     where = f"{hub.config.source}: [protocols.{PROTOCOL}]"
     try:
-        parse_language(settings.language)
+        if settings.language:
+            parse_language(settings.language)
     except ProtocolError as exc:
         raise ConfigError(f"{where} language: {exc.message}") from None
     needed = {"asr": hub.engine_name("asr", settings.asr_engine or None), "vad": hub.engine_name("vad")}

@@ -112,6 +112,7 @@ class _RegisterJob:
     pcm: bytes
 
 
+PIN_LANGUAGE_AFTER_S = 2.0
 _FLUSH = object()  # in the audio queue: close the open segment (leaving streaming mode)
 
 
@@ -509,8 +510,10 @@ class VadStreamSession:
                 return
         language = self._stream_language
         transcript = await self._transcribe(audio, language, Priority.LIVE)
-        if self._detect_language and self._stream_language is None and transcript.language:
-            self._stream_language = transcript.language  # detect once per session, not per segment
+        if (self._detect_language and self._stream_language is None and transcript.language
+                and len(audio) >= PIN_LANGUAGE_AFTER_S * SAMPLE_RATE):
+            # Detect once per session, not per segment; a short first word is not enough.
+            self._stream_language = transcript.language
         text = transcript.text.strip()
         reason = text_rejection(text, self.settings)
         if reason is not None:

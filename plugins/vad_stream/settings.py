@@ -14,6 +14,7 @@ Seed parameter → setting (defaults are the seed's unless noted):
 | 最小语音段时长 (0.3 s) | ``min_segment_s`` |
 | 最大缓冲时长 (2.0 s) | ``buffer_max_s``: audio kept before a detected speech start |
 | ``ASR_MIN_TEXT_LENGTH`` (2) | ``min_text_length`` |
+| ``ASR_LANGUAGE`` ("中文") | ``language`` ("" = the ASR engine's setting: the hub serves more than Chinese) |
 | ``NS_ENABLED`` (false) | ``ns_enabled`` (+ ``ns_engine``: "" = ``[engines] denoise``) |
 | ``SPEAKER_THRESHOLD`` (0.3) | ``speaker_threshold``: 0 = the speaker engine's calibrated default (0.3 was calibrated for ERes2NetV2, not for the hub's engine) |
 | ``SPEAKER_MODEL_ID`` | ``[engines] speaker`` |
@@ -45,7 +46,10 @@ class VadStreamSettings:
     min_segment_s: float = 0.3
     min_text_length: int = 2
     # --- recognition
-    language: str = "zh"  # a language code, a seed name ("中文"), or "auto" (detected once per session)
+    # A language code or a seed name ("中文"); "" = the ASR engine's own setting. When that
+    # means detection, the language found in the session's first long segment is kept for the
+    # rest of the session (detection costs an encoder pass per segment).
+    language: str = ""
     asr_engine: str = ""  # "" = [engines] asr
     # --- noise suppression
     ns_enabled: bool = False
