@@ -4,6 +4,7 @@ in :mod:`.session`."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.resources
 
@@ -105,15 +106,21 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
 async def _receive_loop(conn: Connection, session: PTTSession, settings: PTTSettings) -> None:
     ws = conn.ws
-    idle = settings.idle_timeout_s or None
+    loop = asyncio.get_running_loop()
+    idle = settings.idle_timeout_s
+    last_message = loop.time()
     while not conn.closed:
         try:
-            msg = await ws.receive(timeout=idle)
+            # Our own deadline: receive(timeout=) restarts at every ping and pong, so a client
+            # answering heartbeats would never be idle.
+            async with asyncio.timeout_at(last_message + idle if idle else None):
+                msg = await ws.receive()
         except TimeoutError:
             session.refuse(m.IDLE_TIMEOUT, f"nothing received for {settings.idle_timeout_s:g} s: "
                                            "closing the connection")
             await conn.close(WSCloseCode.OK, "idle timeout")
             return
+        last_message = loop.time()
         if msg.type == WSMsgType.TEXT:
             if len(msg.data) > settings.max_message_bytes:
                 session.refuse(m.TOO_LARGE, f"message of {len(msg.data)} bytes is over the limit "

@@ -391,11 +391,17 @@ async def test_connections_over_the_limit_get_503_then_close():
 
 
 async def test_idle_connection_gets_408_then_close():
-    async with running_server(limits_hub(idle_timeout_s=0.3)) as srv:
+    # Heartbeat pings answered by the client are not activity; a message restarts the clock.
+    async with running_server(limits_hub(idle_timeout_s=0.6, heartbeat_s=0.1)) as srv:
         async with websockets.connect(url(srv)) as ws:
+            opened = time.monotonic()
             await recv_json(ws)
+            await asyncio.sleep(0.3)
+            await ws.send(control("stop"))
+            assert (await recv_json(ws))["code"] == 409
             reply = await recv_json(ws, 5)
             assert reply["type"] == "error" and reply["code"] == 408
+            assert 0.85 < time.monotonic() - opened < 2.0
             with pytest.raises(websockets.ConnectionClosed) as info:
                 await recv_json(ws, 5)
             assert info.value.rcvd.code == 1000 and info.value.rcvd.reason == "idle timeout"
