@@ -286,7 +286,8 @@ class PTTSession:
                 if item.error is not None:
                     self._engine_failed(item.error)
                     return
-                self.stats.partial_ms.append(self._last_batch_ms)
+                if changed:  # a new guess: the engine decoded (other calls only buffer)
+                    self.stats.partial_ms.append(self._last_batch_ms)
                 self._answer(changed)
             elif item.is_final:
                 self._finished.append(item)

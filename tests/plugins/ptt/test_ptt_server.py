@@ -462,6 +462,7 @@ async def test_stats_after_traffic(server):
     assert stats["audio_seconds"] >= 3.0
     final_ms = stats["processing_ms"]["final"]
     assert final_ms["count"] >= 1 and 0 < final_ms["avg"] and final_ms["p50"] <= final_ms["p99"]
+    assert stats["processing_ms"]["partial"]["count"] >= 1
     assert isinstance(stats["queue_depth"], int) and stats["executor"]["workers"] >= 1
     assert stats["uptime_s"] >= 0 and "p99" in stats["event_loop_lag_ms"]
 
