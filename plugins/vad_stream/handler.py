@@ -12,7 +12,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from asrhub.appkeys import HUB_KEY
 from asrhub.connection import websocket_connection
 from asrhub.paths import web_dir
-from asrhub.server import health_handler, metrics_handler, service_info
+from asrhub.server import service_info
 
 from . import messages as msg
 from .session import Services, VadStreamSession
@@ -99,8 +99,6 @@ def make_static_handler(root: Path):
 
 
 def setup_static(app: web.Application, root: Path) -> None:
-    # The core adds /health and /metrics only where a listener does not route them; route them
-    # here before the catch-all so they keep working on this port.
-    app.router.add_get("/health", health_handler)
-    app.router.add_get("/metrics", metrics_handler)
+    # aiohttp resolves plain paths before this catch-all, so the routes the core adds after
+    # setup (/health, /metrics, /services: the demo page reads /services) keep working here.
     app.router.add_get("/{path:.*}", make_static_handler(root))

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+from asrhub_plugins.speakers.matching import EngineMismatch, verify
 
 from asrhub.audio import pcm16le_to_float, resample
 from asrhub.engine import (
@@ -39,9 +40,8 @@ from asrhub.engine import (
     DenoiseStream,
     SpeakerEngine,
     VADEngine,
-    VoiceprintStore,
     Voiceprint,
-    cosine,
+    VoiceprintStore,
 )
 from asrhub.executor import Priority
 
@@ -114,6 +114,11 @@ class _RegisterJob:
 
 PIN_LANGUAGE_AFTER_S = 2.0
 _FLUSH = object()  # in the audio queue: close the open segment (leaving streaming mode)
+
+
+def _reenrol(user_id: str, voiceprint: Voiceprint, speaker: SpeakerEngine) -> str:
+    return (f"Speaker {user_id} was registered with the {voiceprint.engine!r} speaker engine; "
+            f"register again to verify with {speaker.name!r}")
 
 
 def _language_code(value: str) -> str | None:
@@ -573,18 +578,21 @@ class VadStreamSession:
             self.error(exc.code, exc.message)
             return False
         speaker = await self.services.speaker()
-        if voiceprint.engine != speaker.name or len(voiceprint.embedding) != speaker.dim:
-            self.error(ErrorCode.SPEAKER_NOT_REGISTERED,
-                       f"Speaker {verification.user_id} was registered with the "
-                       f"{voiceprint.engine!r} engine; register again with {speaker.name!r}")
+        if voiceprint.engine != speaker.name:
+            self.error(ErrorCode.SPEAKER_NOT_REGISTERED, _reenrol(verification.user_id, voiceprint, speaker))
             return False
         embedding = await self._embed(speaker, audio)
-        score = cosine(embedding, voiceprint.embedding)
         threshold = self.settings.speaker_threshold or speaker.default_threshold
-        success = score >= threshold
-        self.stats["verifications_passed" if success else "verifications_failed"] += 1
-        self.send(msg.verify_result(verification.user_id, success, score, threshold))
-        return success
+        try:
+            outcome = verify(embedding, voiceprint, threshold)
+        except EngineMismatch:
+            self.error(ErrorCode.SPEAKER_NOT_REGISTERED, _reenrol(verification.user_id, voiceprint, speaker))
+            return False
+        self.stats["verifications_passed" if outcome.accepted else "verifications_failed"] += 1
+        log.info("speaker_verified", user_id=verification.user_id, accepted=outcome.accepted,
+                 score=round(outcome.score, 4), threshold=threshold)
+        self.send(msg.verify_result(verification.user_id, outcome.accepted, outcome.score, threshold))
+        return outcome.accepted
 
     async def _embed(self, speaker: SpeakerEngine, audio: Audio) -> np.ndarray:
         try:

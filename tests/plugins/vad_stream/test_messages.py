@@ -62,7 +62,7 @@ def test_batch_start_fields():
     assert parse_command('{"command": "batch_start", "language": "English"}').language == "en"
     assert parse_command('{"command": "batch_start", "sample_rate": 8000.0}').sample_rate == 8000
     for bad in ('"fast"', "7", "96000", "16000.5", "true"):
-        assert code_of('{"command": "batch_start", "sample_rate": %s}' % bad) == 1
+        assert code_of('{"command": "batch_start", "sample_rate": ' + bad + "}") == 1
     assert code_of('{"command": "batch_start", "language": "Klingon"}') == 1
     assert code_of('{"command": "batch_start", "language": 3}') == 1
 
