@@ -7,11 +7,14 @@ after another::
     ENDED --start--> ACTIVE          ENDED --audio (only after an idle end)--> ACTIVE
     any --disconnect--> CLOSED
 
-Incremental recognition: audio is handed to the engine's VAD-segmented stream every
-``partial_interval_s`` of new audio (so work per update is bounded however long the session
-runs). The engine answers with hypotheses: finished utterances (their text never changes) and
-a guess for the utterance in progress. A ``partial`` carries the finished utterances followed
-by the current guess; ``final`` carries every utterance of the session.
+Incremental recognition: audio goes to the engine's VAD-segmented stream every
+``feed_interval_s`` (0.25 s); the engine decides when to decode (Whisper: a partial at most
+every ``[engines.whisper] partial_interval`` of new audio, 1 s by default, and the utterance as
+soon as a pause follows it), and finished utterances are never decoded again, so the work per
+update is bounded however long the session runs. The engine answers with hypotheses:
+finished utterances (their text never changes) and a guess for the utterance in progress. A
+``partial`` carries the finished utterances followed by the current guess; ``final`` carries
+every utterance of the session.
 
 Decisions the seed leaves open (documented in the README):
 
@@ -90,7 +93,7 @@ class StreamingSession:
         self._observe_final_latency = observe_final_latency
         self._loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
-        self._interval = max(1, int(settings.partial_interval_s * SAMPLE_RATE))
+        self._interval = max(1, int(settings.feed_interval_s * SAMPLE_RATE))
 
         self.state = State.IDLE
         self.ended_by: EndReason | None = None
@@ -105,6 +108,7 @@ class StreamingSession:
         self._container: ContainerStream | None = None
         self._finished: list[str] = []
         self._current = ""
+        self._last_partial = ""
         self._pending: list[Audio] = []
         self._pending_len = 0
         self._last_audio: float | None = None
@@ -192,10 +196,10 @@ class StreamingSession:
             return False
         if self.state is State.CLOSED:
             return False
-        backlog = self.settings.max_backlog_s * 1.5 + 5 * self.settings.partial_interval_s
+        backlog = self.settings.max_backlog_s * 1.5 + 5 * self.settings.feed_interval_s
         self._pump = StreamPump(self._executor, stream, self._on_hypotheses, engine=self._engine,
                                 max_backlog_s=backlog)
-        self._finished, self._current = [], ""
+        self._finished, self._current, self._last_partial = [], "", ""
         self._pending, self._pending_len = [], 0
         self._last_audio = None
         self._engine_failed = False
@@ -355,7 +359,8 @@ class StreamingSession:
                 self._current = text
         if self.state is State.ACTIVE:
             text = self.text()
-            if text:
+            if text and text != self._last_partial:
+                self._last_partial = text
                 self.partials_sent += 1
                 self._send(m.partial(text))
 

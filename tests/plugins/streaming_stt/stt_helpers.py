@@ -125,3 +125,32 @@ def wav_bytes(audio: np.ndarray) -> bytes:
         out.setframerate(16000)
         out.writeframes(float_to_pcm16(audio))
     return buf.getvalue()
+
+
+def seed_examples() -> dict[str, str]:
+    """The client examples of the seed (streaming-stt-8765.md), verbatim: "js", "asyncio",
+    "simple". The seed lives in shared/seeds beside shared/testdata."""
+    import re
+
+    seed = testdata_dir().parent / "seeds" / "streaming-stt-8765.md"
+    blocks = [code for _, code in re.findall(r"```(\w+)\n(.*?)```", seed.read_text(), re.S)
+              if "StreamingSTTClient" in code or "async def streaming_transcribe" in code]
+    js, asyncio_class, simple = blocks
+    assert js.startswith("class StreamingSTTClient") and "pyaudio" in asyncio_class + simple
+    return {"js": js, "asyncio": asyncio_class, "simple": simple}
+
+
+class Recorder:
+    """Collects a client's messages with their arrival time (monotonic)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[float, dict]] = []
+
+    def add(self, message: dict) -> None:
+        self.messages.append((time.monotonic(), message))
+
+    def of_type(self, kind: str) -> list[tuple[float, dict]]:
+        return [(t, x) for t, x in self.messages if x["type"] == kind]
+
+    def types(self) -> list[str]:
+        return [x["type"] for _, x in self.messages]

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from asrhub_plugins.streaming_stt import messages as m
 
 

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 import stt_helpers as h
-
-from asrhub.engine import Hypothesis
-from asrhub.executor import InferenceExecutor
 from asrhub_plugins.streaming_stt import messages as m
 from asrhub_plugins.streaming_stt.session import State, StreamingSession
 from asrhub_plugins.streaming_stt.settings import StreamingSTTSettings
+
+from asrhub.engine import Hypothesis
+from asrhub.executor import InferenceExecutor
 
 
 class ScriptedStream:
@@ -114,7 +114,7 @@ async def executor():
 
 
 async def test_start_audio_partials_stop_final_ended(executor: InferenceExecutor) -> None:
-    t = Harness(executor, partial_interval_s=0.5)
+    t = Harness(executor, feed_interval_s=0.5)
     await t.start()
     assert t.take() == [m.session_started()]
     await t.audio(5.3, speed=10)
@@ -159,7 +159,7 @@ async def test_audio_without_start_starts_a_session(executor: InferenceExecutor)
 
 
 async def test_idle_end_lets_the_seed_asyncio_client_finish(executor: InferenceExecutor) -> None:
-    t = Harness(executor, idle_end_s=0.3, partial_interval_s=0.5)
+    t = Harness(executor, idle_end_s=0.3, feed_interval_s=0.5)
     await t.start()
     await asyncio.sleep(0.6)  # no audio yet: the idle end is not armed (getUserMedia may be slow)
     assert t.types() == ["session_started"]
@@ -177,7 +177,7 @@ async def test_idle_end_lets_the_seed_asyncio_client_finish(executor: InferenceE
 
 
 async def test_audio_after_an_idle_end_starts_a_new_session(executor: InferenceExecutor) -> None:
-    t = Harness(executor, idle_end_s=0.2, partial_interval_s=0.5)
+    t = Harness(executor, idle_end_s=0.2, feed_interval_s=0.5)
     await t.audio(0.6, speed=10)
     await asyncio.sleep(0.5)
     await t.audio(0.6, speed=10)
@@ -236,7 +236,7 @@ async def test_binary_of_another_kind_mid_session(executor: InferenceExecutor) -
 
 
 async def test_engine_failure_is_reported_and_ends_the_session(executor: InferenceExecutor) -> None:
-    t = Harness(executor, partial_interval_s=0.5)
+    t = Harness(executor, feed_interval_s=0.5)
     t.stream_args = {"fail_after": 1}
     await t.start()
     await t.audio(2.5, speed=10)
@@ -262,7 +262,7 @@ async def test_engine_failure_is_reported_and_ends_the_session(executor: Inferen
 
 
 async def test_container_session_and_disconnect_frees_everything(executor: InferenceExecutor) -> None:
-    t = Harness(executor, partial_interval_s=0.5)
+    t = Harness(executor, feed_interval_s=0.5)
     speech = h.clip_audio(h.CLIPS[0])
     chunks = h.container_chunks(speech, "webm")
     for _, data in chunks[:40]:
@@ -284,7 +284,7 @@ async def test_container_session_and_disconnect_frees_everything(executor: Infer
 
 
 async def test_whole_container_stream_is_recognised_on_stop(executor: InferenceExecutor) -> None:
-    t = Harness(executor, partial_interval_s=1.0)
+    t = Harness(executor, feed_interval_s=1.0)
     speech = h.clip_audio(h.CLIPS[1])
     await t.start()
     for _, data in h.container_chunks(speech, "ogg"):
@@ -295,7 +295,7 @@ async def test_whole_container_stream_is_recognised_on_stop(executor: InferenceE
 
 
 async def test_backpressure_instead_of_unbounded_backlog(executor: InferenceExecutor) -> None:
-    t = Harness(executor, partial_interval_s=0.5, max_backlog_s=1.0)
+    t = Harness(executor, feed_interval_s=0.5, max_backlog_s=1.0)
     t.stream_args = {"delay": 0.15}  # ~3x faster than real time, slower than we send
     await t.start()
     started = time.monotonic()
