@@ -3,10 +3,12 @@ map errors to ``{"type": "error"}`` messages and close codes."""
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from asrhub.config import ConfigError
 from asrhub.connection import Connection, websocket_connection
-from asrhub.engine import SAMPLE_RATE
+from asrhub.engine import SAMPLE_RATE, EngineError
 from asrhub.executor import InferenceExecutor
 from asrhub.hub import Hub
 
@@ -26,6 +28,7 @@ from .session import BroadcastSession, SessionRegistry
 from .settings import BroadcastSettings
 
 PROTOCOL = "session_broadcast"
+log = structlog.get_logger("asrhub.session_broadcast")
 REGISTRY_KEY: web.AppKey[SessionRegistry] = web.AppKey("session_broadcast_registry")
 
 # Close codes: refusals are policy violations (the client can fix them); load is 1013.
@@ -38,14 +41,19 @@ REFUSAL_CODES = {
 
 
 async def load_engines(hub: Hub, settings: BroadcastSettings) -> Engines:
-    """The shared engines a sender's session needs (loaded once per process)."""
+    """The shared engines a sender's session needs (loaded once per process). Without a usable
+    speaker engine or voiceprint store the session still runs; every speaker is unknown."""
     vad = await hub.vad()
     asr = await hub.asr()
     speaker = voiceprints = None
     if settings.identify_speakers:
-        speaker = await hub.speaker()
-        if speaker is not None:
-            voiceprints = await hub.voiceprints()
+        try:
+            speaker = await hub.speaker()
+            if speaker is not None:
+                voiceprints = await hub.voiceprints()
+        except (EngineError, ConfigError) as exc:
+            log.warning("speaker_identification_unavailable", error=str(exc))
+            speaker = voiceprints = None
     return Engines(vad=vad, asr=asr, speaker=speaker, voiceprints=voiceprints)
 
 

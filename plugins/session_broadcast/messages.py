@@ -119,16 +119,20 @@ def parse_sender_text(text: str) -> EndOfAudio:
                         f"(float32 PCM, 16 kHz, mono); the only text message is \"close\"")
 
 
+EXPECTED_AUDIO = "expected raw float32 little-endian PCM, 16 kHz, mono"
+INT16_HINT = "; is the sender sending 16-bit integers?"
+
+
 def parse_sender_audio(data: bytes) -> AudioFrame:
     try:
         pcm = float32le_to_float(data)
     except AudioError as exc:
-        raise ProtocolError(ErrorCode.INVALID_AUDIO,
-                            f"{exc} (expected raw float32 little-endian PCM, 16 kHz, mono)") from None
+        # int16 bytes read as float32 give NaN, infinities and huge values
+        hint = INT16_HINT if exc.reason == "invalid_samples" else ""
+        raise ProtocolError(ErrorCode.INVALID_AUDIO, f"{exc} ({EXPECTED_AUDIO}{hint})") from None
     if len(pcm) and float(np.max(np.abs(pcm))) > MAX_ABS_SAMPLE:
         raise ProtocolError(ErrorCode.INVALID_AUDIO,
-                            "samples far outside [-1, 1]: expected float32 PCM (is the sender "
-                            "sending 16-bit integers?)")
+                            f"samples far outside [-1, 1] ({EXPECTED_AUDIO}{INT16_HINT})")
     return AudioFrame(pcm)
 
 

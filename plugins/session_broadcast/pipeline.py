@@ -17,6 +17,7 @@ from asrhub.engine import (
     SAMPLE_RATE,
     ASREngine,
     Audio,
+    EngineError,
     SpeakerEngine,
     VADEngine,
     VADEvent,
@@ -33,7 +34,7 @@ log = structlog.get_logger("asrhub.session_broadcast")
 # Audio kept before the current position while nobody speaks: the VAD reports a start up to
 # min_speech_ms + speech_pad_ms (and a hesitant onset) before the window that confirms it.
 IDLE_KEEP_S = 2.0
-# Where an over-long segment is cut: the quietest 50 ms in its last few seconds.
+# Where an over-long segment is cut: the quietest 50 ms of its last few seconds.
 CUT_SEARCH_S = 4.0
 CUT_WINDOW = 800
 
@@ -112,7 +113,9 @@ class Segmenter:
         return segments
 
     def _quiet_point(self, limit: int) -> int:
-        lo = max(self._speech_start or 0, limit - int(CUT_SEARCH_S * SAMPLE_RATE))
+        """The quietest point of the segment's second half (and its last CUT_SEARCH_S)."""
+        start = self._speech_start or 0
+        lo = max(start + self.max_len // 2, limit - int(CUT_SEARCH_S * SAMPLE_RATE))
         region = self._buf[lo - self._buf_start:limit - self._buf_start]
         count = len(region) // CUT_WINDOW
         if count < 2:
@@ -187,12 +190,18 @@ class Recognizer:
     def _identify_sync(self, audio: Audio) -> Speaker:
         from asrhub_plugins.speakers.matching import identify
 
-        assert self.engines.speaker is not None and self.engines.voiceprints is not None
-        embedding = self.engines.speaker.embed(audio)
-        match = identify(embedding, self.engines.voiceprints, self.threshold)
-        return speaker_from_match(match)
-
-
-def speaker_from_match(match: Any) -> Speaker:
-    """Adapt ``speakers.matching.identify``'s answer to the wire's speaker."""
-    raise NotImplementedError  # filled in once plugins/speakers/matching.py lands
+        speaker, store = self.engines.speaker, self.engines.voiceprints
+        assert speaker is not None and store is not None
+        try:
+            embedding = speaker.embed(audio)
+        except EngineError as exc:  # too little speech once silences are removed
+            log.debug("segment_not_embedded", reason=str(exc))
+            return Speaker.unknown()
+        # The closest voiceprint of this engine whatever its score (identify with no floor),
+        # so an unknown speaker still reports how close the nearest one came.
+        best = identify(embedding, store, -1.0, engine=getattr(speaker, "name", None))
+        if best is None:
+            return Speaker.unknown()
+        if best.score >= self.threshold:
+            return Speaker(best.speaker_id, best.name, best.score)
+        return Speaker.unknown(max(best.score, 0.0))

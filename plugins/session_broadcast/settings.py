@@ -40,8 +40,8 @@ class BroadcastSettings:
                 raise ValueError(f"{name} must be >= 0")
         if not 1.0 <= self.max_segment_s <= 30.0:
             raise ValueError("max_segment_s must be between 1 and 30 (Whisper's window)")
-        if self.min_segment_s >= self.max_segment_s:
-            raise ValueError("min_segment_s must be below max_segment_s")
+        if self.min_segment_s >= self.max_segment_s / 2:
+            raise ValueError("min_segment_s must be below half of max_segment_s")
         if self.speaker_threshold > 1.0:
             raise ValueError("speaker_threshold is a cosine similarity: at most 1")
         if self.max_backlog_s < self.max_segment_s:

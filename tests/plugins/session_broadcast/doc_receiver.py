@@ -1,3 +1,4 @@
+# ruff: noqa  (kept exactly as the seed prints it)
 # The seed's "3.2 Python Receiver 示例" (shared/seeds/session-broadcast-8000.md), verbatim
 # except the values of SERVER_URI and SESSION_ID, which the tests set on a fresh copy of this
 # module (see conftest.load_doc_client) before calling receive_results().

@@ -1,3 +1,4 @@
+# ruff: noqa  (kept exactly as the seed prints it)
 # The seed's "3.1 Python Sender 示例" (shared/seeds/session-broadcast-8000.md), verbatim except
 # the values of SERVER_URI, SESSION_ID and AUDIO_FILE, which the tests set on a fresh copy of
 # this module (see conftest.load_doc_client) before calling send_audio().

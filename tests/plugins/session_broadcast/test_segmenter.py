@@ -50,10 +50,13 @@ def test_long_speech_is_cut_below_the_limit_without_losing_audio(vad):
     segments = run(Segmenter(vad.open_stream(), max_segment_s=3, min_segment_s=0.3), audio, 1600)
     assert len(segments) >= 3
     assert all(s.duration <= 3.0 for s in segments)
-    # consecutive pieces of one utterance touch: nothing dropped at the cuts
-    for before, after in zip(segments, segments[1:]):
-        if after.start - (before.start + before.samples) < RATE // 2:
-            assert after.start == before.start + before.samples
+    # the cuts lose nothing: the pieces follow each other over all the speech the same
+    # detector finds (the last one may run into the silence the VAD had not yet called)
+    (start, end), = vad.speech_regions(audio)
+    assert segments[0].start == start
+    for before, after in zip(segments, segments[1:], strict=False):
+        assert after.start == before.start + before.samples
+    assert segments[-1].start + segments[-1].samples >= end
 
 
 def test_silence_gives_nothing_and_keeps_little_audio(vad):
