@@ -34,6 +34,10 @@ def make_stream_opener(hub: Hub):
 
 
 def setup(app: web.Application, hub: Hub, settings: StreamingSTTSettings) -> None:
+    # Import FFmpeg's bindings now, not in the first webm session's decoder thread: an import
+    # holds the GIL for ~0.1 s, which would stall the event loop of every session.
+    import av  # noqa: F401
+
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return web.json_response({
