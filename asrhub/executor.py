@@ -168,7 +168,8 @@ class InferenceExecutor:
 
     @property
     def saturated(self) -> bool:
-        return self._pending >= self.max_pending
+        """Every slot (waiting or running) is taken: the next caller would have to wait."""
+        return self._pending + self._busy >= self.max_pending
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         """Stop taking work, let queued and running calls finish (up to ``drain_timeout``)."""

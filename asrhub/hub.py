@@ -273,6 +273,8 @@ class Hub:
         counters.sessions_total += 1
         counters.audio_seconds += float(summary.get("audio_s") or 0.0)
         counters.processing_seconds += float(summary.get("processing_s") or 0.0)
+        if self.metrics is not None:
+            self.metrics.sessions.labels(protocol=summary.get("protocol", "?")).inc()
         log.info("session_closed", **summary)
         try:
             self.pm.hook.asrhub_session_closed(hub=self, summary=summary)

@@ -22,7 +22,7 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.connections_open = Gauge("asrhub_connections_open", "Open connections", ["protocol"], registry=r)
         self.connections = Counter("asrhub_connections", "Connections accepted", ["protocol"], registry=r)
-        self.sessions = Counter("asrhub_sessions", "Recognition sessions finished", ["protocol"], registry=r)
+        self.sessions = Counter("asrhub_sessions", "Connections (sessions) closed, with their summary logged", ["protocol"], registry=r)
         self.audio_seconds = Counter("asrhub_audio_seconds", "Audio received, seconds", ["protocol"], registry=r)
         self.errors = Counter("asrhub_errors", "Error replies sent", ["protocol", "code"], registry=r)
         self.rtf = Histogram("asrhub_session_rtf", "Processing seconds per audio second, per session",
