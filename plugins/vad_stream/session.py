@@ -176,16 +176,13 @@ class VadStreamSession:
                        loop.create_task(self._job_loop(), name="vad_stream-jobs")]
 
     async def _stop_tasks(self) -> None:
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # noqa: BLE001 - the loops report their own errors
-                log.exception("vad_stream_task_failed")
-        self._tasks = []
+        # gather (not a loop of awaits): if *this* task is cancelled meanwhile, that still raises.
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("vad_stream_task_failed", error=repr(outcome))
 
     async def close(self) -> None:
         """The connection is gone: stop all work (results would have no one to go to)."""
@@ -239,6 +236,8 @@ class VadStreamSession:
             self._carry = b""
         if len(data) % 2:
             data, self._carry = data[:-1], data[-1:]
+        if not data:
+            return
         pcm = pcm16le_to_float(data)
         limit = int(self.settings.max_backlog_s * SAMPLE_RATE)
         if self._audio_samples + len(pcm) > limit:

@@ -410,3 +410,18 @@ async def test_config_rejects_bad_settings(tmp_path):
     with pytest.raises(ConfigError, match="language"):
         async with running_server(hub_for(tmp_path, language="Klingon")):
             pass
+
+
+async def test_connection_limit(tmp_path):
+    hub = hub_for(tmp_path, max_connections=1)
+    async with running_server(hub) as srv:
+        async with websockets.connect(ws_url(srv)) as first:
+            async with websockets.connect(ws_url(srv)) as second:
+                refused = await recv_json(second)
+                assert refused["type"] == "error" and refused["code"] == 2
+                assert "too many connections" in refused["message"]
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await recv_json(second)
+                assert closed.value.rcvd.code == 1013
+            await first.send(command("ping"))
+            assert await recv_json(first) == {"type": "pong"}

@@ -251,3 +251,20 @@ async def test_streaming_backlog_is_bounded(hub):
         assert codes(d.out) == [2] and "backlog" in d.out[0]["message"]
         assert d.session.audio_seconds == pytest.approx(0.8)
         assert await d.feed(command("ping")) == [{"type": "pong"}]
+
+
+async def test_noise_suppression_when_enabled(hub):
+    """NS_ENABLED: streaming audio goes through the denoiser's stream before the VAD, batch
+    audio through its whole-recording path; speech still comes out as text."""
+    async with Driver(hub, ns_enabled=True, ns_engine="rnnoise") as d:
+        sent = await d.feed(chunks(utterance(CLIP_GO)))
+        assert d.session._denoise_stream is not None
+        assert kinds(sent) == ["speech_start", "speech_end", "result"]
+        assert wer(transcript(CLIP_GO), sent[-1]["text"]) <= 0.25, sent[-1]["text"]
+        sent = await d.feed(command("batch_start"), pcm16(CLIP_NOT_ILL), command("batch_end"))
+        result = next(m for m in sent if m["type"] == "batch_result")
+        assert wer(transcript(CLIP_NOT_ILL), result["text"]) <= 0.35, result["text"]
+    assert hub.loaded_engine("denoise", "rnnoise") is not None
+    async with Driver(hub) as d:  # off by default, as in the seed
+        await d.feed(chunks(utterance(CLIP_GO)))
+        assert d.session._denoise_stream is None
