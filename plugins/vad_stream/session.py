@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import structlog
-from asrhub_plugins.speakers.matching import EngineMismatch, verify
 
 from asrhub.audio import pcm16le_to_float, resample
 from asrhub.engine import (
@@ -571,6 +570,9 @@ class VadStreamSession:
 
     async def _verify(self, verification: Verification, audio: Audio) -> bool:
         """Send ``speaker_verify_result`` (or error 16); True when the speaker matched."""
+        # Imported here: streaming ASR works without the speakers plugin installed.
+        from asrhub_plugins.speakers.matching import EngineMismatch, verify
+
         try:
             voiceprint = await self._voiceprint(verification.user_id)
         except ProtocolError as exc:
