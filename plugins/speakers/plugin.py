@@ -1,1 +1,56 @@
-"""Placeholder until the plugin lands."""
+"""Speaker embeddings and the voiceprint store.
+
+- ``[engines] speaker = "resemblyzer"`` (default; ships its weights) or ``"campplus"``
+  (FunASR CAM++/ERes2Net; the model must be provided locally).
+- ``[engines] voiceprints = "json"`` (default): ``[engines.json] path`` (default
+  ``<state_dir>/speakers.json``).
+- Protocols match embeddings with :mod:`asrhub_plugins.speakers.matching`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from asrhub_plugins.speakers.campplus import CampPlusSettings
+from asrhub_plugins.speakers.resemblyzer_engine import ResemblyzerSettings
+from asrhub_plugins.speakers.store import JsonStoreSettings
+
+from asrhub.hookspecs import hookimpl
+from asrhub.specs import EngineSpec
+
+if TYPE_CHECKING:
+    from asrhub.hub import Hub
+
+
+def _resemblyzer(settings: ResemblyzerSettings, hub: Hub) -> Any:
+    from asrhub_plugins.speakers.resemblyzer_engine import ResemblyzerEngine
+
+    return ResemblyzerEngine(settings)
+
+
+def _campplus(settings: CampPlusSettings, hub: Hub) -> Any:
+    from asrhub_plugins.speakers.campplus import CampPlusEngine
+
+    return CampPlusEngine(settings)
+
+
+def _json_store(settings: JsonStoreSettings, hub: Hub) -> Any:
+    from asrhub_plugins.speakers.store import open_store
+
+    return open_store(settings, hub)
+
+
+@hookimpl
+def asrhub_register_speaker_engines() -> list[EngineSpec]:
+    return [
+        EngineSpec("resemblyzer", "Resemblyzer GE2E voice encoder, 256-dim (weights ship with it)",
+                   _resemblyzer, ResemblyzerSettings),
+        EngineSpec("campplus", "FunASR CAM++ / ERes2Net speaker model from a local directory",
+                   _campplus, CampPlusSettings),
+    ]
+
+
+@hookimpl
+def asrhub_register_voiceprint_stores() -> list[EngineSpec]:
+    return [EngineSpec("json", "voiceprints in one JSON file (atomic writes, mode 0600)",
+                       _json_store, JsonStoreSettings)]

@@ -1,0 +1,80 @@
+"""`asrhub speakers list|enroll|delete` as a user runs it: a subprocess with a config file."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "asrhub.toml"
+    cfg.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n\n'
+                   f'[engines.json]\npath = "{tmp_path / "voiceprints" / "speakers.json"}"\n')
+    return cfg
+
+
+def rows(stdout: str) -> list[list[str]]:
+    # only the tab-separated rows: the CLI also logs engine_loaded to stdout (see the test below)
+    return [line.split("\t") for line in stdout.splitlines() if "\t" in line]
+
+
+def asrhub(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "asrhub.cli", "speakers", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_enroll_list_overwrite_delete(config: Path, tmp_path: Path, testdata: Path) -> None:
+    store = tmp_path / "voiceprints" / "speakers.json"
+    clips = testdata / "zh"
+    done = asrhub(config, "enroll", "leijun", str(clips / "srdata_enroll_leijun-sr-1.wav"), "--name", "雷军")
+    assert done.returncode == 0, done.stderr
+    assert "enrolled leijun (4.2 s)" in done.stdout
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    assert not (tmp_path / "state" / "speakers.json").exists()  # the configured path wins
+
+    listing = asrhub(config, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert rows(listing.stdout) == [["leijun", "雷军", "4.2s", "resemblyzer"]]
+
+    # re-enrolment overwrites the voiceprint, and keeps the others
+    store_data = json.loads(store.read_text())
+    store_data["speakers"]["other"] = dict(store_data["speakers"]["leijun"], name="Other")
+    store.write_text(json.dumps(store_data))
+    first = np.asarray(store_data["speakers"]["leijun"]["embedding"])
+    done = asrhub(config, "enroll", "leijun", str(clips / "srdata_enroll_leijun-sr-2.wav"))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(store.read_text())["speakers"]
+    assert sorted(data) == ["leijun", "other"]
+    assert data["leijun"]["name"] == "leijun" and data["leijun"]["audio_seconds"] == pytest.approx(4.76, abs=0.01)
+    second = np.asarray(data["leijun"]["embedding"])
+    assert 0.69 < float(first @ second) < 0.9999  # same speaker, another recording
+
+    done = asrhub(config, "delete", "leijun")
+    assert done.returncode == 0 and "deleted leijun" in done.stdout
+    done = asrhub(config, "delete", "leijun")
+    assert done.returncode == 1 and "no speaker 'leijun'" in done.stderr
+    assert [row[0] for row in rows(asrhub(config, "list").stdout)] == ["other"]
+
+
+def test_enrolling_silence_fails_cleanly(config: Path, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    silent = tmp_path / "silence.wav"
+    sf.write(silent, np.zeros(48000, np.float32), 16000)
+    done = asrhub(config, "enroll", "nobody", str(silent))
+    assert done.returncode == 2
+    assert "too little speech" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.xfail(reason="core: cmd_speakers does not configure logging, so structlog prints "
+                          "engine_loaded to stdout among the rows (asked the lead)", strict=False)
+def test_list_prints_only_the_rows(config: Path) -> None:
+    listing = asrhub(config, "list")
+    assert listing.returncode == 0 and listing.stdout == ""
