@@ -40,12 +40,18 @@ async def test_decodes_while_the_stream_arrives(speech: np.ndarray, fmt: str) ->
     errors: list[AudioError] = []
     stream = ContainerStream(sniff_container(chunks[0][1]) or "", lambda a: got.append((time.monotonic(), a)),
                              on_error=errors.append)
-    lag = []
-    for t, data in chunks:  # 10x real time
+    behind = []
+    for t, data in chunks:
         stream.feed(data)
-        await asyncio.sleep(0.01)
-        decoded = sum(len(a) for _, a in got) / 16000
-        lag.append(t - decoded)
+        # Without an end of stream, the audio of what was fed comes out (all but the last
+        # cluster/page the demuxer may still be reading): poll, however slow the machine.
+        deadline = time.monotonic() + 10
+        while True:
+            await asyncio.sleep(0.005)
+            decoded = sum(len(a) for _, a in got) / 16000
+            if t - decoded < 0.35 or time.monotonic() > deadline:
+                break
+        behind.append(t - decoded)
     before_end = sum(len(a) for _, a in got)
     await stream.finish()
     assert not errors and stream.codec == "opus" and stream.input_rate == 48000
@@ -53,8 +59,7 @@ async def test_decodes_while_the_stream_arrives(speech: np.ndarray, fmt: str) ->
     # Everything arrives, and most of it before the end of the stream (incremental).
     assert abs(len(audio) - len(whole)) <= 160
     assert before_end >= len(audio) - 0.25 * 16000
-    # Never more than ~2 pieces (cluster/page) behind what was sent.
-    assert max(lag[2:]) < 0.35
+    assert max(behind) < 0.35, behind
     # Same samples as decoding the whole file at once (streaming vs one-shot resampling).
     n = min(len(audio), len(whole))
     corr = np.corrcoef(audio[:n], whole[:n])[0, 1]

@@ -86,9 +86,12 @@ async def test_pcm_stream_partials_while_audio_flows_stable_text_accurate_final(
     at = [(t - began) * speed for t, _ in partials if t < stopped]
     speech = len(audio) / 16000 - 0.3 - 1.0
     assert len(at) >= speech / 2.5, at
-    assert at[0] < 0.3 + 3.0, at  # the first within 3 s of audio of speech starting
+    # The seed's server answered after 3 s of buffering plus 1-2 s of decoding. Bounds are in
+    # audio time at 2x (decode time counts double) and loose for busy machines; the bench
+    # measures the real figures.
+    assert at[0] < 0.3 + 4.0, at  # the first within 4 s of audio of speech starting
     gaps = np.diff([0.3, *at])
-    assert gaps.max() < 4.0, at
+    assert gaps.max() < 4.5, at
     # Once the first recording's utterance is finished its text never changes: every partial
     # that has words of the second one starts with exactly the first's final text.
     cut = final.lower().index("birch")

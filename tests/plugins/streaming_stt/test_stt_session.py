@@ -89,6 +89,13 @@ class Harness:
         out, self.sent[:] = list(self.sent), []
         return out
 
+    async def wait_for(self, kind: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Until ``count`` messages of this type were sent (polling, not fixed sleeps: the
+        machine may be busy)."""
+        deadline = time.monotonic() + timeout
+        while self.types().count(kind) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
     async def start(self, **extra: Any) -> None:
         await self.session.on_text(json.dumps({"command": "start", **extra}))
 
@@ -122,13 +129,14 @@ async def test_start_audio_partials_stop_final_ended(executor: InferenceExecutor
     await t.stop()
     msgs = t.take()
     stream = t.streams[0]
-    # The engine is fed every ~0.5 s of new audio (a little more: 1024-sample frames).
-    assert all(8000 <= n < 8000 + 1024 * 2 or i == len(stream.accepted) - 1
-               for i, n in enumerate(stream.accepted)), stream.accepted
+    # The engine is fed every ~0.5 s of new audio, never less (a busy machine may batch two).
+    assert all(n >= 8000 for n in stream.accepted[:-1]) and len(stream.accepted) >= 5, stream.accepted
     assert stream.finished and all(name.startswith("asrhub-infer") for name in stream.threads)
     types = [x["type"] for x in msgs]
     assert types[-2:] == ["final", "session_ended"] and set(types[:-2]) == {"partial"}
-    assert len(types) - 2 >= 8
+    partial_texts = [x["text"] for x in msgs[:-2]]
+    # One partial per change of text (the scripted text changes every second of audio).
+    assert len(partial_texts) >= 3 and all(a != b for a, b in zip(partial_texts, partial_texts[1:], strict=False))
     partials = [x["text"] for x in msgs if x["type"] == "partial"]
     assert all(x["is_final"] is False for x in msgs[:-2]) and msgs[-2]["is_final"] is True
     # Finished utterances stay as they were; the current one follows them.
@@ -148,7 +156,7 @@ async def test_start_audio_partials_stop_final_ended(executor: InferenceExecutor
 async def test_audio_without_start_starts_a_session(executor: InferenceExecutor) -> None:
     t = Harness(executor)
     await t.audio(1.5, speed=10)
-    await asyncio.sleep(0.1)
+    await t.wait_for("partial")
     await t.start()
     await t.stop()
     types = t.types()
@@ -159,12 +167,12 @@ async def test_audio_without_start_starts_a_session(executor: InferenceExecutor)
 
 
 async def test_idle_end_lets_the_seed_asyncio_client_finish(executor: InferenceExecutor) -> None:
-    t = Harness(executor, idle_end_s=0.3, feed_interval_s=0.5)
+    t = Harness(executor, idle_end_s=0.5, feed_interval_s=0.5)
     await t.start()
-    await asyncio.sleep(0.6)  # no audio yet: the idle end is not armed (getUserMedia may be slow)
+    await asyncio.sleep(0.8)  # no audio yet: the idle end is not armed (getUserMedia may be slow)
     assert t.types() == ["session_started"]
     await t.audio(1.2)
-    await asyncio.sleep(0.6)
+    await t.wait_for("session_ended")
     assert t.types()[-2:] == ["final", "session_ended"]
     final = t.sent[-2]["text"]
     t.take()
@@ -177,11 +185,11 @@ async def test_idle_end_lets_the_seed_asyncio_client_finish(executor: InferenceE
 
 
 async def test_audio_after_an_idle_end_starts_a_new_session(executor: InferenceExecutor) -> None:
-    t = Harness(executor, idle_end_s=0.2, feed_interval_s=0.5)
+    t = Harness(executor, idle_end_s=0.5, feed_interval_s=0.5)
     await t.audio(0.6, speed=10)
-    await asyncio.sleep(0.5)
+    await t.wait_for("session_ended")
     await t.audio(0.6, speed=10)
-    await asyncio.sleep(0.05)
+    await t.wait_for("partial", 2)
     await t.stop()
     assert t.types() == ["session_started", "partial", "final", "session_ended",
                          "session_started", "partial", "final", "session_ended"]
@@ -240,7 +248,7 @@ async def test_engine_failure_is_reported_and_ends_the_session(executor: Inferen
     t.stream_args = {"fail_after": 1}
     await t.start()
     await t.audio(2.5, speed=10)
-    await asyncio.sleep(0.2)
+    await t.wait_for("session_ended")
     msgs = t.take()
     types = [x["type"] for x in msgs]
     # engine_error, then final (what was recognised) and session_ended; the audio the client
@@ -268,14 +276,17 @@ async def test_container_session_and_disconnect_frees_everything(executor: Infer
     for _, data in chunks[:40]:
         await t.session.on_binary(data)
         await asyncio.sleep(0.005)
-    await asyncio.sleep(0.3)
+    await t.wait_for("partial")
     assert t.session.input_format == "matroska" and t.types()[0] == "session_started"
     assert "partial" in t.types()
     assert [x for x in threading.enumerate() if x.name.startswith("asrhub-container-")]
     pump_task = t.session._pump._task  # type: ignore[union-attr]
     await t.session.close()
     assert pump_task.done() and t.session.state is State.CLOSED
-    await asyncio.sleep(0.2)
+    for _ in range(200):
+        if not [x for x in threading.enumerate() if x.name.startswith("asrhub-container-")]:
+            break
+        await asyncio.sleep(0.01)
     assert not [x for x in threading.enumerate() if x.name.startswith("asrhub-container-")]
     assert t.session.audio_seconds > 3
     await t.session.on_binary(chunks[41][1])  # ignored once closed
