@@ -33,6 +33,8 @@ REGISTRY_KEY: web.AppKey[SessionRegistry] = web.AppKey("session_broadcast_regist
 
 # Close codes: refusals are policy violations (the client can fix them); load is 1013.
 TRY_AGAIN_LATER = 1013
+# Invalid audio/text messages a sender may send before it is closed (1007).
+MAX_BAD_MESSAGES = 20
 REFUSAL_CODES = {
     ErrorCode.TOO_MANY_SESSIONS: TRY_AGAIN_LATER,
     ErrorCode.TOO_MANY_RECEIVERS: TRY_AGAIN_LATER,
@@ -131,40 +133,41 @@ async def serve_receiver(conn: Connection, session: BroadcastSession) -> None:
 
 
 async def serve_sender(conn: Connection, session: BroadcastSession) -> None:
-    said_close = False
+    end = "sender disconnected"  # a closed browser tab sends no "close"
+    bad = 0
     try:
         async for msg in conn.ws:
-            if msg.type == WSMsgType.BINARY:
-                try:
-                    frame = parse_sender_audio(msg.data)
-                    session.feed(frame.pcm)
-                except ProtocolError as exc:
-                    report(conn, exc)
-                    if exc.code is ErrorCode.BACKLOG_FULL:
-                        conn.close_reason = "backlog full"
-                        session.end_of_audio("backlog full")
+            if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
+                break  # ERROR (CLOSE and CLOSING end the iteration)
+            try:
+                if msg.type == WSMsgType.TEXT:
+                    if isinstance(parse_sender_text(msg.data), EndOfAudio):
+                        end = "sender sent close"
                         break
                     continue
+                frame = parse_sender_audio(msg.data)
+                session.feed(frame.pcm)
                 conn.audio_seconds += len(frame.pcm) / SAMPLE_RATE
-            elif msg.type == WSMsgType.TEXT:
-                try:
-                    parsed = parse_sender_text(msg.data)
-                except ProtocolError as exc:
-                    report(conn, exc)
-                    continue
-                if isinstance(parsed, EndOfAudio):
-                    said_close = True
+            except ProtocolError as exc:
+                report(conn, exc)
+                if exc.code is ErrorCode.BACKLOG_FULL:
+                    end = "backlog full"
                     break
-            else:  # ERROR (CLOSE/CLOSING end the iteration)
-                break
+                bad += 1
+                if bad >= MAX_BAD_MESSAGES:
+                    # A client sending the wrong format gets one clear close, not an error
+                    # per frame forever. What it sent before still reaches the receivers.
+                    end = "too many invalid messages"
+                    await conn.close(WSCloseCode.INVALID_TEXT,
+                                     f"{MAX_BAD_MESSAGES} invalid messages ({exc.code}): expected "
+                                     'float32 PCM, 16 kHz, mono, and text "close"')
+                    break
     finally:
-        # A sender that went away without "close" (a closed browser tab) still gets its audio
-        # recognised for the receivers.
-        session.end_of_audio("sender sent close" if said_close else "sender disconnected")
-    if said_close or not conn.closed:
+        session.end_of_audio(end)
+    if not conn.closed:
         # The session sends the remaining results, then the acknowledgement, then closes us.
         await session.wait_closed()
         conn.close_reason = "session closed"
     conn.processing_seconds = session.processing_seconds
     conn.summary_extra.update(results=session.results, segments=session.segments,
-                              receivers_peak=session.receivers_peak)
+                              receivers_peak=session.receivers_peak, end=end)

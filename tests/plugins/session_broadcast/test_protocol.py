@@ -303,3 +303,19 @@ async def test_shutdown_during_a_session_closes_everybody_with_1001(recordings):
         await asyncio.wait_for(stopping, 30)
         assert sessions.sessions == {}
     assert hub.counters[PROTOCOL].connections_open == 0
+
+
+async def test_a_sender_in_the_wrong_format_is_closed_with_a_reason(server, recordings):
+    """int16 PCM instead of float32: an error per message, then one clear close (1007)."""
+    audio = pcm(recordings["short"])
+    int16 = (audio * 32767).astype("<i2").tobytes()
+    async with aiohttp.ClientSession() as http:
+        sender = await http.ws_connect(ws_url(server, str(uuid.uuid4()), "mode=sender"))
+        for begin in range(0, len(int16), 4096):  # 30 messages
+            await sender.send_bytes(int16[begin:begin + 4096])
+        messages = await ws_messages(sender)
+    errors, close = messages[:-1], messages[-1]
+    assert len(errors) == 20 and {e["code"] for e in errors} == {"invalid_audio"}
+    assert close[:2] == ("close", 1007)
+    assert close[2] == '20 invalid messages (invalid_audio): expected float32 PCM, 16 kHz, mono, and text "close"'
+    assert "16-bit integers" in errors[0]["message"]
