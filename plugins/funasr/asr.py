@@ -99,7 +99,8 @@ class FunASREngine:
             name = getattr(settings, setting)
             paths[setting] = resolve_model(name, hub=settings.hub, setting=setting) if name else None
         assert paths["model"] is not None
-        common = {"device": settings.device, "ncpu": settings.ncpu, "hub": settings.hub}
+        common: dict[str, Any] = {"device": settings.device, "ncpu": settings.ncpu,
+                                  "hub": settings.hub}
         self.offline: LoadedModel = load_model(
             paths["model"], vad_model=paths["vad_model"], punc_model=paths["punc_model"],
             spk_model=paths["spk_model"], **common)

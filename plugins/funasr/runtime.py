@@ -285,26 +285,33 @@ class LoadedModel:
                  **options: Any) -> list[dict[str, Any]]:
         """The full pipeline: VAD, recognition, punctuation, speakers (what is configured).
 
-        ``progress`` gets the fraction of VAD segments done. FunASR's own callback only counts
-        calls into its sub-models, so the segments are counted by one VAD pass first (about 1 %
-        of the recognition time); each later call (one per segment and model on CPU) is a step.
+        ``progress`` gets the fraction of VAD segments recognised. FunASR's own callback fires
+        for every sub-model call (VAD, speaker chunks, punctuation) with batch-local counts, so
+        the segments are counted by one VAD pass first (~1 % of the recognition time) and the
+        recognition model's calls are counted while this call holds the lock.
         """
         with self.lock:
             am = self.automodel
-            callback = None
-            if progress is not None and am.vad_model is not None:
-                regions = am.inference(audio, model=am.vad_model, kwargs=am.vad_kwargs)
-                segments = sum(len(r.get("value") or ()) for r in regions)
-                steps = max(1, segments * (2 if am.spk_model is not None else 1))
-                calls = 0
+            if progress is None or am.vad_model is None:
+                return am.generate(input=audio, **options)
+            regions = am.inference(audio, model=am.vad_model, kwargs=am.vad_kwargs)
+            total = max(1, sum(len(r.get("value") or ()) for r in regions))
+            recogniser = am.model
+            inference = recogniser.inference
+            done = 0
 
-                def callback(current: int, total: int) -> None:
-                    nonlocal calls
-                    calls += 1
-                    if calls > 1:  # the first call is the pipeline's VAD pass
-                        progress(min(0.99, (calls - 1) / steps))
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                nonlocal done
+                result = inference(*args, **kwargs)
+                done += len(kwargs.get("key") or ()) or 1  # one key per segment in the batch
+                progress(min(0.99, done / total))
+                return result
 
-            return am.generate(input=audio, progress_callback=callback, **options)
+            recogniser.inference = counted
+            try:
+                return am.generate(input=audio, **options)
+            finally:
+                del recogniser.inference  # the class's method again
 
     def recognise(self, audio: Any, **options: Any) -> list[dict[str, Any]]:
         """The recognition model alone (no VAD, punctuation or speakers): streaming chunks."""

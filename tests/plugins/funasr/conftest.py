@@ -73,6 +73,7 @@ frontend: {"WavFrontendOnline" if streaming else "WavFrontend"}
 frontend_conf:
     fs: 16000
     window: hamming
+    dither: 0.0
     n_mels: {N_MELS}
     frame_length: 25
     frame_shift: 10
@@ -86,13 +87,26 @@ tokenizer_conf:
 """
 
 
+def _save_fresh_weights(directory: Path, adjust=None) -> None:
+    """Build the network once through FunASR's own code and save its (random) weights, so
+    loading the directory goes through the real checkpoint path."""
+    import torch
+    from asrhub_plugins.funasr.runtime import import_funasr, root_logging_kept
+
+    torch.save({}, directory / "model.pt")
+    AutoModel = import_funasr()
+    with root_logging_kept():
+        model, _ = AutoModel.build_model(model=str(directory), device="cpu", ncpu=1,
+                                         disable_update=True)
+    state = model.state_dict()
+    if adjust is not None:
+        adjust(state)
+    torch.save(state, directory / "model.pt")
+
+
 def build_tiny_paraformer(directory: Path, *, streaming: bool) -> Path:
     """A Paraformer model directory laid out as ModelScope ships one (config.yaml, model.pt,
     tokens.txt, am.mvn), with freshly initialised weights (~100 KB)."""
-    import torch
-
-    from asrhub_plugins.funasr.runtime import import_funasr, root_logging_kept
-
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.yaml").write_text(_config(streaming), encoding="utf-8")
     (directory / "tokens.txt").write_text("\n".join(TOKENS) + "\n", encoding="utf-8")
@@ -102,14 +116,73 @@ def build_tiny_paraformer(directory: Path, *, streaming: bool) -> Path:
         f"<Nnet>\n<Splice> {dim} {dim}\n[ 0 ]\n<AddShift> {dim} {dim}\n"
         f"<LearnRateCoef> 0 [ {zeros} ]\n<Rescale> {dim} {dim}\n"
         f"<LearnRateCoef> 0 [ {ones} ]\n</Nnet>\n", encoding="utf-8")
-    # Build the network once through FunASR's own code, then save its (random) weights, so
-    # loading the directory goes through the real checkpoint path.
-    torch.save({}, directory / "model.pt")
-    AutoModel = import_funasr()
-    with root_logging_kept():
-        model, _ = AutoModel.build_model(model=str(directory), device="cpu", ncpu=1,
-                                         disable_update=True)
-    torch.save(model.state_dict(), directory / "model.pt")
+    _save_fresh_weights(directory)
+    return directory
+
+
+PUNC_CONFIG = """\
+model: CTTransformer
+model_conf:
+    ignore_id: 0
+    embed_unit: 16
+    att_unit: 16
+    dropout_rate: 0.1
+    punc_list: ["<unk>", "_", "，", "。", "？", "、"]
+    punc_weight: [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    sentence_end_id: 3
+encoder: SANMEncoder
+encoder_conf:
+    input_size: 16
+    output_size: 16
+    attention_heads: 2
+    linear_units: 32
+    num_blocks: 1
+    dropout_rate: 0.1
+    positional_dropout_rate: 0.1
+    attention_dropout_rate: 0.0
+    input_layer: pe
+    pos_enc_class: SinusoidalPositionEncoder
+    normalize_before: true
+    kernel_size: 11
+    sanm_shfit: 0
+    selfattention_layer_type: sanm
+tokenizer: CharTokenizer
+tokenizer_conf:
+    unk_symbol: <unk>
+"""
+
+SPK_CONFIG = """\
+model: CAMPPlus
+model_conf:
+    feat_dim: 80
+    embedding_size: 16
+    growth_rate: 8
+    bn_size: 2
+    init_channels: 16
+"""
+
+
+def build_tiny_punctuation(directory: Path) -> Path:
+    """A CT-Transformer punctuation model (ct-punc's layout): config.yaml, tokens.txt, model.pt."""
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(PUNC_CONFIG, encoding="utf-8")
+    (directory / "tokens.txt").write_text("\n".join(TOKENS) + "\n", encoding="utf-8")
+
+    def no_unknown_mark(state: dict) -> None:
+        # Classes: <unk> _ ， 。 ？ 、 — never "<unk>", mostly none, a sentence end now and then.
+        state["decoder.bias"] = torch.tensor([-100.0, 1.0, 0.0, 0.6, -100.0, -100.0])
+
+    _save_fresh_weights(directory, no_unknown_mark)
+    return directory
+
+
+def build_tiny_speaker_model(directory: Path) -> Path:
+    """A CAM++ speaker-embedding model (cam++'s layout, 16-dim embeddings)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(SPK_CONFIG, encoding="utf-8")
+    _save_fresh_weights(directory)
     return directory
 
 
@@ -117,7 +190,9 @@ def build_tiny_paraformer(directory: Path, *, streaming: bool) -> Path:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("funasr-models")
     return {"offline": build_tiny_paraformer(root / "tiny-paraformer", streaming=False),
-            "streaming": build_tiny_paraformer(root / "tiny-paraformer-streaming", streaming=True)}
+            "streaming": build_tiny_paraformer(root / "tiny-paraformer-streaming", streaming=True),
+            "punc": build_tiny_punctuation(root / "tiny-ct-punc"),
+            "spk": build_tiny_speaker_model(root / "tiny-campplus")}
 
 
 def read_clip(name: str) -> np.ndarray:
