@@ -1,1 +1,1 @@
-"""asrhub plugin: whisper."""
+"""asrhub plugin: whisper (faster-whisper ASR engine ``whisper``)."""

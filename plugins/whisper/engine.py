@@ -1,0 +1,341 @@
+"""The faster-whisper (CTranslate2) speech-recognition engine.
+
+One :class:`WhisperEngine` (one CTranslate2 model) is shared by every session.
+
+Two decoding paths:
+
+- Files (:meth:`WhisperEngine.transcribe`) go through faster-whisper's ``transcribe`` (30 s
+  windows, timestamps, word timestamps, temperature fallback, optional VAD filter). Clips of
+  at most :data:`SHORT_CLIP_S` without word timestamps take the utterance path below instead.
+- Utterances (:meth:`WhisperEngine.decode`, used by the streams and by
+  :meth:`WhisperEngine.transcribe_utterance`) call CTranslate2 directly: one encoder pass, the
+  language (when not given) read off that same encoder output, then one greedy/beam decode
+  without timestamps. With ``adaptive_window`` the encoder sees the audio plus at least 3 s of
+  padding, at least 10 s, instead of Whisper's fixed 30 s: the encoder is most of the cost of
+  a short decode and shrinks 3-5x, and on the test clips the words were the same (windows under
+  ~8 s make Whisper loop; a looping or truncated result is decoded again with 30 s).
+
+Thread safety: every method may be called from several threads. CTranslate2 runs at most
+``num_workers`` calls at once (each on ``cpu_threads`` threads) and queues the rest, so with the
+default ``num_workers = 1`` two executor threads decoding at once take turns inside
+CTranslate2; :attr:`WhisperEngine.busy` tells streams when that queue is occupied so that they
+can put off a partial result rather than wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import structlog
+from asrhub_plugins.whisper.models import resolve_model
+from asrhub_plugins.whisper.settings import WhisperSettings
+from asrhub_plugins.whisper.text import ChineseScript, normalise_language
+
+from asrhub.engine import (
+    SAMPLE_RATE,
+    Audio,
+    ProgressCallback,
+    Segment,
+    Transcript,
+    VADEngine,
+    VADStream,
+    Word,
+)
+
+if TYPE_CHECKING:
+    from asrhub_plugins.whisper.stream import WhisperStream
+
+log = structlog.get_logger("asrhub.whisper")
+
+HOP = 160  # samples per mel frame
+FULL_WINDOW = 3000  # mel frames in Whisper's 30 s window
+MIN_WINDOW = 1000  # shorter windows make Whisper repeat itself (measured: < ~8 s)
+WINDOW_PADDING = 300  # at least 3 s of silence after the audio, so the model sees the end
+WINDOW_STEP = 500
+MAX_SAMPLES = FULL_WINDOW * HOP
+MAX_NEW_TOKENS = 224
+SHORT_CLIP_S = 20.0
+NO_SPACE_LANGUAGES = {"zh", "ja", "th", "lo", "my", "km", "bo", "yue"}
+# faster-whisper's defaults for dropping silence and detecting loops.
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+SILENCE_PEAK = 1e-3  # -60 dBFS: quieter audio is not decoded at all
+
+
+@dataclass
+class Decoded:
+    """The result of one utterance decode."""
+
+    text: str
+    language: str | None  # None only when nothing was decoded (silence, language unknown)
+    language_probability: float
+    avg_logprob: float
+    no_speech_prob: float
+    duration: float  # seconds of audio decoded
+    window: int  # mel frames the encoder saw
+    compute_s: float
+
+    @property
+    def confidence(self) -> float:
+        return float(min(1.0, math.exp(self.avg_logprob)))
+
+
+def window_frames(samples: int, adaptive: bool = True) -> int:
+    """Encoder window (mel frames) for ``samples`` of audio."""
+    if not adaptive:
+        return FULL_WINDOW
+    needed = samples // HOP + 1 + WINDOW_PADDING
+    return min(FULL_WINDOW, max(MIN_WINDOW, -(-needed // WINDOW_STEP) * WINDOW_STEP))
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def join_texts(texts: list[str], language: str | None) -> str:
+    texts = [t.strip() for t in texts if t.strip()]
+    return ("" if language in NO_SPACE_LANGUAGES else " ").join(texts)
+
+
+class WhisperEngine:
+    name = "whisper"
+
+    def __init__(
+        self,
+        settings: WhisperSettings | None = None,
+        *,
+        state_dir: Path | None = None,
+        vad_provider: Callable[[], VADEngine | None] | None = None,
+    ) -> None:
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self.settings = settings = settings or WhisperSettings()
+        settings.validate()
+        self.model_name = settings.model
+        self.model_path = resolve_model(settings.model, state_dir, settings.cache_dir)
+        started = time.perf_counter()
+        self._model = WhisperModel(
+            str(self.model_path),  # a Path makes faster-whisper raise TypeError
+            device="cpu",
+            compute_type=settings.compute_type,
+            cpu_threads=settings.cpu_threads,
+            num_workers=settings.num_workers,
+            local_files_only=True,
+        )
+        self.load_s = time.perf_counter() - started
+        self._ct2 = self._model.model
+        self.multilingual = bool(self._ct2.is_multilingual)
+        hf = self._model.hf_tokenizer
+        self.supported_languages = [
+            code for code in self._model.supported_languages
+            if hf.token_to_id(f"<|{code}|>") is not None] if self.multilingual else ["en"]
+        self.default_language = normalise_language(settings.language, self.supported_languages)
+        self._tokenizer_class = Tokenizer
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self._suppress = list(get_suppressed_tokens(self._tokenizer("en"), (-1,)) or ())
+        self._script = ChineseScript(settings.chinese_script)
+        self._prompt_tokens = (self._tokenizer("en").encode(" " + settings.initial_prompt.strip())
+                               if settings.initial_prompt.strip() else [])
+        self._vad_provider = vad_provider
+        self._own_vad: VADEngine | None = None
+        self._guard = threading.Lock()
+        self._inflight = 0
+        self.decodes = 0
+        self.decode_seconds = 0.0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _tokenizer(self, language: str):  # -> faster_whisper.tokenizer.Tokenizer
+        tokenizer = self._tokenizers.get(language)
+        if tokenizer is None:
+            tokenizer = self._tokenizer_class(self._model.hf_tokenizer, self.multilingual,
+                                              task="transcribe", language=language)
+            self._tokenizers[language] = tokenizer
+        return tokenizer
+
+    def resolve_language(self, language: str | None) -> str | None:
+        """The language to decode in: the argument, else the configured one; None = detect."""
+        if not self.multilingual:
+            normalise_language(language, self.supported_languages)  # rejects non-English
+            return "en"
+        if language is None:
+            return self.default_language
+        return normalise_language(language, self.supported_languages)
+
+    @property
+    def busy(self) -> bool:
+        """Every CTranslate2 worker is taken: a new decode would queue."""
+        return self._inflight >= self.settings.num_workers
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        with self._guard:
+            self._inflight += 1
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._inflight -= 1
+                self.decodes += 1
+                self.decode_seconds += time.perf_counter() - started
+
+    def _vad_engine(self) -> VADEngine:
+        engine = self._vad_provider() if self._vad_provider is not None else None
+        if engine is not None:
+            return engine
+        with self._guard:
+            if self._own_vad is None:
+                from asrhub_plugins.vad.silero import SileroVAD
+
+                self._own_vad = SileroVAD()
+            return self._own_vad
+
+    # ------------------------------------------------------------------ utterances
+
+    def decode(self, audio: Audio, language: str | None, *, previous_text: str = "",
+               window: int | None = None) -> Decoded:
+        """Recognise one utterance (at most 30 s; longer audio is cut). ``language`` None
+        detects it from the same encoder pass. Thread-safe."""
+        import ctranslate2
+
+        started = time.perf_counter()
+        audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[:MAX_SAMPLES]
+        duration = len(audio) / SAMPLE_RATE
+        if window is None:
+            window = window_frames(len(audio), self.settings.adaptive_window)
+        if not len(audio) or float(np.max(np.abs(audio))) < SILENCE_PEAK:
+            # Whisper "hears" words in digital silence ("you"); nothing to decode.
+            return Decoded("", language, 0.0, 0.0, 1.0,
+                           duration, window, time.perf_counter() - started)
+        # Padding as faster-whisper does it, so that the log-mel normalisation is the same.
+        features = self._model.feature_extractor(audio, padding=window * HOP)[:, :window]
+        features = np.ascontiguousarray(features[None], dtype=np.float32)
+        language_probability = 1.0
+        if not self.multilingual:
+            language = "en"
+        with self._running():
+            encoded = self._ct2.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+            if language is None:
+                token, language_probability = self._ct2.detect_language(encoded)[0][0]
+                language = token[2:-2]
+            tokenizer = self._tokenizer(language)
+            prompt = self._prompt(tokenizer, previous_text)
+            max_new = min(MAX_NEW_TOKENS, int(16 + 12 * duration))
+            result = self._ct2.generate(
+                encoded, [prompt],
+                beam_size=self.settings.beam_size,
+                max_length=len(prompt) + max_new,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=self._suppress,
+            )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        text = tokenizer.decode(tokens).strip()
+        avg_logprob = (result.scores[0] * len(tokens)) / (len(tokens) + 1) if tokens else -10.0
+        looping = len(tokens) >= max_new or _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
+        if looping and window < FULL_WINDOW:
+            log.debug("whisper_window_retry", window=window, tokens=len(tokens))
+            return self.decode(audio, language, previous_text=previous_text, window=FULL_WINDOW)
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
+            text = ""
+        return Decoded(
+            text=self._script.apply(text, language),
+            language=language,
+            language_probability=float(language_probability),
+            avg_logprob=float(avg_logprob),
+            no_speech_prob=float(result.no_speech_prob),
+            duration=duration,
+            window=window,
+            compute_s=time.perf_counter() - started,
+        )
+
+    def _prompt(self, tokenizer, previous_text: str) -> list[int]:
+        previous = tokenizer.encode(" " + previous_text.strip()) if previous_text.strip() else []
+        previous = previous or self._prompt_tokens
+        prompt: list[int] = []
+        if previous:
+            prompt = [tokenizer.sot_prev, *previous[-(MAX_NEW_TOKENS - 1):]]
+        return prompt + list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+
+    def transcribe_utterance(self, audio: Audio, language: str | None = None, *,
+                             previous_text: str = "") -> Decoded:
+        """One short recording (push-to-talk, a voice command): the cheap path, no timestamps.
+        ``language`` None = the configured default ("auto" detects)."""
+        return self.decode(audio, self.resolve_language(language), previous_text=previous_text)
+
+    # ------------------------------------------------------------------ files
+
+    def transcribe(
+        self,
+        audio: Audio,
+        *,
+        language: str | None = None,
+        word_timestamps: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> Transcript:
+        audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        lang = self.resolve_language(language)
+        duration = len(audio) / SAMPLE_RATE
+        if duration <= SHORT_CLIP_S and not word_timestamps and not self.settings.vad_filter:
+            decoded = self.decode(audio, lang)
+            segments = ([Segment(0.0, duration, decoded.text, confidence=decoded.confidence)]
+                        if decoded.text else [])
+            if progress is not None:
+                progress(1.0)
+            return Transcript(decoded.text, decoded.language, duration, segments)
+        with self._running():
+            pieces, info = self._model.transcribe(
+                audio,
+                language=lang,
+                beam_size=self.settings.beam_size,
+                word_timestamps=word_timestamps,
+                vad_filter=self.settings.vad_filter,
+                initial_prompt=self.settings.initial_prompt or None,
+            )
+            segments = []
+            for piece in pieces:
+                text = self._script.apply(piece.text.strip(), info.language)
+                # Whisper may place the last timestamp at the end of its 30 s window.
+                words = [Word(min(w.start, duration), min(w.end, duration),
+                              self._script.apply(w.word, info.language), w.probability)
+                         for w in piece.words or ()]
+                segments.append(Segment(min(piece.start, duration), min(piece.end, duration),
+                                        text, words,
+                                        confidence=float(min(1.0, math.exp(piece.avg_logprob)))))
+                if progress is not None and duration > 0:
+                    progress(min(1.0, piece.end / duration))
+        if progress is not None:
+            progress(1.0)
+        return Transcript(join_texts([s.text for s in segments], info.language), info.language,
+                          duration, segments)
+
+    # ------------------------------------------------------------------ streaming
+
+    def open_stream(self, *, language: str | None = None, vad: VADStream | None = None) -> WhisperStream:
+        """A streaming session. ``vad`` segments utterances (this stream feeds it: the caller
+        must not); None = a Silero stream of this engine's own."""
+        from asrhub_plugins.whisper.stream import WhisperStream
+
+        lang = self.resolve_language(language)
+        if vad is None:
+            vad = self._vad_engine().open_stream()
+        return WhisperStream(self, lang, vad)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._ct2.unload_model()
