@@ -286,32 +286,36 @@ class LoadedModel:
         """The full pipeline: VAD, recognition, punctuation, speakers (what is configured).
 
         ``progress`` gets the fraction of VAD segments recognised. FunASR's own callback fires
-        for every sub-model call (VAD, speaker chunks, punctuation) with batch-local counts, so
-        the segments are counted by one VAD pass first (~1 % of the recognition time) and the
-        recognition model's calls are counted while this call holds the lock.
+        for every sub-model call (VAD, speaker chunks, punctuation) with batch-local counts,
+        so instead, while this call holds the lock, the pipeline's VAD result is counted and
+        so are the segments each recognition call decodes.
         """
         with self.lock:
             am = self.automodel
             if progress is None or am.vad_model is None:
                 return am.generate(input=audio, **options)
-            regions = am.inference(audio, model=am.vad_model, kwargs=am.vad_kwargs)
-            total = max(1, sum(len(r.get("value") or ()) for r in regions))
-            recogniser = am.model
-            inference = recogniser.inference
-            done = 0
+            vad, recogniser = am.vad_model, am.model
+            vad_inference, recogniser_inference = vad.inference, recogniser.inference
+            segments = done = 0
 
-            def counted(*args: Any, **kwargs: Any) -> Any:
-                nonlocal done
-                result = inference(*args, **kwargs)
-                done += len(kwargs.get("key") or ()) or 1  # one key per segment in the batch
-                progress(min(0.99, done / total))
+            def vad_counted(*args: Any, **kwargs: Any) -> Any:
+                nonlocal segments
+                result = vad_inference(*args, **kwargs)
+                segments += sum(len(item.get("value") or ()) for item in result[0])
                 return result
 
-            recogniser.inference = counted
+            def recogniser_counted(*args: Any, **kwargs: Any) -> Any:
+                nonlocal done
+                result = recogniser_inference(*args, **kwargs)
+                done += len(kwargs.get("key") or ()) or 1  # one key per segment in the batch
+                progress(min(0.99, done / max(1, segments)))
+                return result
+
+            vad.inference, recogniser.inference = vad_counted, recogniser_counted
             try:
                 return am.generate(input=audio, **options)
             finally:
-                del recogniser.inference  # the class's method again
+                del vad.inference, recogniser.inference  # the classes' methods again
 
     def recognise(self, audio: Any, **options: Any) -> list[dict[str, Any]]:
         """The recognition model alone (no VAD, punctuation or speakers): streaming chunks."""

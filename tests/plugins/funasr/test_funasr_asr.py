@@ -256,6 +256,8 @@ def test_progress_counts_vad_segments(two_pass) -> None:
     two_pass.transcribe(audio, progress=steps.append)
     assert len(steps) >= 4 and steps == sorted(steps) and steps[-1] == 1.0
     assert 0 < steps[0] < 0.5
+    automodel = two_pass.offline.automodel  # the counting wrappers are gone again
+    assert "inference" not in vars(automodel.model) and "inference" not in vars(automodel.vad_model)
 
 
 @pytest.fixture(scope="session")
