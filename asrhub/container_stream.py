@@ -222,7 +222,7 @@ class ContainerStream:
         self.samples_out += len(pcm)
         self._call_soon(self._deliver, pcm)
 
-    def _push(self, mono: np.ndarray, rate: int, last: bool = False) -> None:
+    def _push(self, mono: np.ndarray, rate: int) -> None:
         if rate != self._in_rate:
             if self._resampler is not None:  # the rate changed mid-stream: drain the old one
                 self._append(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
@@ -230,7 +230,7 @@ class ContainerStream:
             self._resampler = (soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
                                if rate != SAMPLE_RATE else None)
         if self._resampler is not None:
-            mono = self._resampler.resample_chunk(mono, last=last)
+            mono = self._resampler.resample_chunk(mono)
         self._append(mono)
 
     def _append(self, pcm: np.ndarray) -> None:

@@ -49,6 +49,7 @@ CLIPS = [
     "en/speechbrain_spk1_snt3.wav",
 ]
 RATE = 16000
+LEAD = 0.3  # silence before the first word of a stream
 CHUNK = 1024  # samples, like the seed's pyaudio examples
 
 
@@ -68,10 +69,11 @@ class StreamResult:
         return [b - a for a, b in zip(self.partial_times, self.partial_times[1:], strict=False)]
 
 
-def build_audio(seconds: float, offset: int) -> tuple[np.ndarray, str]:
-    """About ``seconds`` of recordings (0.6 s pauses), starting at clip ``offset``."""
+def build_audio(seconds: float, offset: int, tail: float) -> tuple[np.ndarray, str]:
+    """About ``seconds`` of recordings (0.6 s pauses), starting at clip ``offset``, ending
+    ``tail`` seconds after the last word."""
     rows = manifest()
-    pieces, words, total, i = [np.zeros(int(0.3 * RATE), np.float32)], [], 0.3, offset
+    pieces, words, total, i = [np.zeros(int(LEAD * RATE), np.float32)], [], LEAD, offset
     while total < seconds:
         name = CLIPS[i % len(CLIPS)]
         audio = decode_file(testdata_dir() / name)
@@ -79,6 +81,7 @@ def build_audio(seconds: float, offset: int) -> tuple[np.ndarray, str]:
         words.append(rows[name]["transcript"])
         total += len(audio) / RATE + 0.6
         i += 1
+    pieces[-1] = np.zeros(int(tail * RATE), np.float32)
     return np.concatenate(pieces), " ".join(words)
 
 
@@ -163,7 +166,7 @@ async def run_stream(url: str, index: int, audio: np.ndarray, reference: str, fm
         await asyncio.wait_for(done, 120)
         receiver.cancel()
     if result.partial_times:
-        result.first_partial_s = result.partial_times[0]
+        result.first_partial_s = result.partial_times[0] - LEAD
     return result
 
 
@@ -274,6 +277,9 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per session (default 20)")
     parser.add_argument("--model", default="tiny.en", help="[engines.whisper] model (default tiny.en)")
     parser.add_argument("--format", choices=["pcm", "webm"], default="pcm", help="what clients send")
+    parser.add_argument("--tail", type=float, default=0.0,
+                        help="silence between the last word and stop (default 0: stop right at the "
+                             "end of speech, the hardest case for stop→final)")
     args = parser.parse_args()
 
     port = free_port()
@@ -285,7 +291,7 @@ async def main() -> int:
             started = time.monotonic()
             await wait_ready(base, proc)
             print(f"asrhub ready in {time.monotonic() - started:.1f} s (model {args.model}, port {port})")
-            audios = [build_audio(args.seconds, i * 3) for i in range(args.streams)]
+            audios = [build_audio(args.seconds, i * 3, args.tail) for i in range(args.streams)]
             before, cpu_before = await scrape(base), cpu_seconds(proc.pid)
             client_lag = LoopLagMonitor()
             client_lag.start()
@@ -304,11 +310,12 @@ async def main() -> int:
                 proc.kill()
 
     print(f"\n{args.streams} stream(s) x {args.seconds:.0f} s of speech, {args.format}, real time, "
-          f"model {args.model}, {os.cpu_count()} CPU(s)\n")
+          f"stop {args.tail:.1f} s after the last word, model {args.model}, {os.cpu_count()} CPU(s)\n")
     header = (f"{'stream':>6} {'audio s':>8} {'partials':>8} {'first':>7} {'gap p50':>8} "
               f"{'gap max':>8} {'stop→final':>10} {'WER':>6} errors")
     print(header)
     print("-" * len(header))
+    print("(first: first partial, seconds after the first word was sent; gap: between partials)")
     for r in results:
         gaps = r.gaps
         print(f"{r.index:>6} {r.audio_s:>8.1f} {len(r.partial_times):>8} {fmt(r.first_partial_s, 's'):>7} "
