@@ -81,7 +81,7 @@ def setup_routes(app: web.Application, hub: Hub, settings: BroadcastSettings) ->
             try:
                 if getattr(conn, "over_limit", False):
                     raise ProtocolError(ErrorCode.SERVER_BUSY, "too many connections: try again later")
-                session_id = parse_session_id(request.match_info["session_id"])
+                session_id = parse_session_id(request.match_info.get("session_id", ""))
                 mode = parse_mode(request.query.get("mode"))
                 conn.summary_extra.update(session_id=session_id, mode=str(mode))
                 session = registry.get_or_create(session_id)
@@ -99,6 +99,9 @@ def setup_routes(app: web.Application, hub: Hub, settings: BroadcastSettings) ->
         return conn.ws
 
     app.router.add_get("/ws/asr/{session_id}", ws_asr)
+    # An empty session id (a blank form field) gets a clear refusal rather than a bare 404.
+    app.router.add_get("/ws/asr/", ws_asr)
+    app.router.add_get("/ws/asr", ws_asr)
 
 
 def _executor(hub: Hub) -> InferenceExecutor:

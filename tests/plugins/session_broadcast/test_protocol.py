@@ -234,6 +234,16 @@ async def test_missing_or_invalid_mode(server, query):
     assert messages[-1][:2] == ("close", 1008)
 
 
+@pytest.mark.parametrize("path", ["/ws/asr/?mode=sender", "/ws/asr?mode=receiver",
+                                  "/ws/asr/%20?mode=sender"])
+async def test_missing_session_id(server, path):
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"ws://127.0.0.1:{server.ports[PROTOCOL]}{path}")
+        messages = await ws_messages(ws)
+    assert messages[0]["code"] == "invalid_session_id"
+    assert messages[-1][:2] == ("close", 1008)
+
+
 async def test_bad_audio_is_reported_and_the_stream_goes_on(server, recordings):
     session_id = str(uuid.uuid4())
     audio = pcm(recordings["short"])

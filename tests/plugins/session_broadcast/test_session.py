@@ -172,12 +172,15 @@ async def test_registry_forgets_ended_sessions(engines, executor):
     async def load() -> Engines:
         return engines
 
-    registry = SessionRegistry(BroadcastSettings(max_sessions=2), load_engines=load,
+    registry = SessionRegistry(BroadcastSettings(max_sessions=2, max_receivers=1), load_engines=load,
                                executor=lambda: executor)
     first = registry.get_or_create("a")
     assert registry.get_or_create("a") is first
     receiver = ListPeer()
     first.add_receiver(receiver)
+    with pytest.raises(ProtocolError) as err:
+        first.add_receiver(ListPeer())
+    assert err.value.code is ErrorCode.TOO_MANY_RECEIVERS
     registry.get_or_create("b")
     with pytest.raises(ProtocolError) as err:
         registry.get_or_create("c")
