@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -33,9 +34,23 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from asrhub.audio import decode_file, float_to_pcm16
+from asrhub.audio import decode_file
 from asrhub.loopmon import LoopLagMonitor
 from asrhub.testing import free_port, manifest, testdata_dir, wer
+
+
+def _load_helpers():
+    """The streaming STT tests' helpers: PCM chunks like pyaudio's, Opus in live webm like
+    MediaRecorder's (one implementation for the tests and this bench)."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "plugins" / "streaming_stt" / "stt_helpers.py"
+    spec = importlib.util.spec_from_file_location("stt_helpers", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+helpers = _load_helpers()
 
 # English recordings with human references (NOTES.tsv).
 CLIPS = [
@@ -85,53 +100,11 @@ def build_audio(seconds: float, offset: int, tail: float) -> tuple[np.ndarray, s
     return np.concatenate(pieces), " ".join(words)
 
 
-def webm_chunks(audio: np.ndarray) -> list[tuple[float, bytes]]:
-    """Opus in live webm, written in ~100 ms clusters: (audio time, bytes)."""
-    import av
-
-    class Sink:
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def write(self, b: bytes) -> int:
-            self.data += b
-            return len(b)
-
-    sink = Sink()
-    out = av.open(sink, mode="w", format="webm", options={"live": "1", "cluster_time_limit": "100"})
-    stream = out.add_stream("libopus", rate=48000)
-    stream.layout = "mono"
-    frame = av.AudioFrame.from_ndarray(
-        np.clip(audio * 32767, -32768, 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = RATE
-    marks, t = [], 0.0
-    for f in av.AudioResampler(format="s16", layout="mono", rate=48000).resample(frame):
-        for packet in stream.encode(f):
-            t += (packet.duration or 960) / 48000
-            out.mux(packet)
-            marks.append((t, len(sink.data)))
-    for packet in stream.encode(None):
-        out.mux(packet)
-    out.close()
-    marks.append((len(audio) / RATE, len(sink.data)))
-    chunks, sent, due = [], 0, 0.1
-    for t, size in marks:
-        if (t >= due or (t, size) == marks[-1]) and size > sent:
-            chunks.append((min(t, len(audio) / RATE), bytes(sink.data[sent:size])))
-            sent, due = size, t + 0.1
-    return chunks
-
-
 async def run_stream(url: str, index: int, audio: np.ndarray, reference: str, fmt: str,
                      delay: float) -> StreamResult:
     await asyncio.sleep(delay)
     result = StreamResult(index, len(audio) / RATE, reference)
-    if fmt == "webm":
-        chunks = webm_chunks(audio)
-    else:
-        data = float_to_pcm16(audio)
-        chunks = [(min(len(data), i + 2 * CHUNK) / (2 * RATE), data[i:i + 2 * CHUNK])
-                  for i in range(0, len(data), 2 * CHUNK)]
+    chunks = helpers.container_chunks(audio, "webm") if fmt == "webm" else helpers.pcm_chunks(audio, CHUNK)
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
         await ws.receive_json()  # connected
         await ws.send_str('{"command": "start"}')
