@@ -132,7 +132,6 @@ async def serve_receiver(conn: Connection, session: BroadcastSession) -> None:
                                            "receiver are ignored"))
     finally:
         session.remove_receiver(conn)
-        conn.summary_extra["results"] = session.results
 
 
 async def serve_sender(conn: Connection, session: BroadcastSession) -> None:

@@ -6,7 +6,6 @@ in the inference executor, :class:`Segmenter` is itself run there by the session
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,17 +150,14 @@ class Recognizer:
             float(speaker.default_threshold) if speaker is not None else 0.0)
         self.identify_speakers = (settings.identify_speakers and speaker is not None
                                   and engines.voiceprints is not None)
-        self.processing_seconds = 0.0
 
     async def recognize(self, segment: SpeechSegment) -> Result | None:
         """The segment's result, or None when nothing was said."""
-        started = time.perf_counter()
         asr = self.engines.asr
         text_job = self.executor.run(self._transcribe, segment.audio, self.language,
                                      priority=Priority.LIVE, engine=getattr(asr, "name", None))
         speaker_job = self._identify(segment)
         outcome = await asyncio.gather(text_job, speaker_job, return_exceptions=True)
-        self.processing_seconds += time.perf_counter() - started
         transcript, speaker = outcome
         if isinstance(transcript, BaseException):
             raise transcript

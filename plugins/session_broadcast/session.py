@@ -194,8 +194,8 @@ class BroadcastSession:
             if recognize is not None:
                 recognize.cancel()
             raise
-        except Exception as exc:  # noqa: BLE001 - engines could not be loaded
-            self._stop_accepting(self._failure(exc, "engine loading"))
+        except Exception as exc:  # noqa: BLE001 - engines could not be loaded (or a bug)
+            self._stop_accepting(self._failure(exc, "pipeline"))
         await self._close_all(WSCloseCode.OK, "session ended", ack=True)
 
     async def _segment_loop(self, segmenter: Segmenter, engine: str | None) -> None:
@@ -223,6 +223,7 @@ class BroadcastSession:
 
     async def _recognize_loop(self, recognizer: Recognizer) -> None:
         while (segment := await self._segments.get()) is not None:
+            started = time.perf_counter()
             try:
                 result = await recognizer.recognize(segment)
             except asyncio.CancelledError:
@@ -236,7 +237,7 @@ class BroadcastSession:
                 continue
             finally:
                 self._segment_samples -= segment.samples
-                self.processing_seconds = recognizer.processing_seconds
+                self.processing_seconds += time.perf_counter() - started
             if result is not None:
                 self.results += 1
                 self._broadcast(result.to_dict())
