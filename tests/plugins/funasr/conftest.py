@@ -104,18 +104,22 @@ def _save_fresh_weights(directory: Path, adjust=None) -> None:
     torch.save(state, directory / "model.pt")
 
 
+def _write_identity_cmvn(path: Path) -> None:
+    """am.mvn (Kaldi nnet text) with zero shift and unit scale for the LFR feature size."""
+    dim = N_MELS * LFR_M
+    zeros, ones = " ".join(["0"] * dim), " ".join(["1"] * dim)
+    path.write_text(f"<Nnet>\n<Splice> {dim} {dim}\n[ 0 ]\n<AddShift> {dim} {dim}\n"
+                    f"<LearnRateCoef> 0 [ {zeros} ]\n<Rescale> {dim} {dim}\n"
+                    f"<LearnRateCoef> 0 [ {ones} ]\n</Nnet>\n", encoding="utf-8")
+
+
 def build_tiny_paraformer(directory: Path, *, streaming: bool) -> Path:
     """A Paraformer model directory laid out as ModelScope ships one (config.yaml, model.pt,
     tokens.txt, am.mvn), with freshly initialised weights (~100 KB)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.yaml").write_text(_config(streaming), encoding="utf-8")
     (directory / "tokens.txt").write_text("\n".join(TOKENS) + "\n", encoding="utf-8")
-    dim = N_MELS * LFR_M
-    zeros, ones = " ".join(["0"] * dim), " ".join(["1"] * dim)
-    (directory / "am.mvn").write_text(
-        f"<Nnet>\n<Splice> {dim} {dim}\n[ 0 ]\n<AddShift> {dim} {dim}\n"
-        f"<LearnRateCoef> 0 [ {zeros} ]\n<Rescale> {dim} {dim}\n"
-        f"<LearnRateCoef> 0 [ {ones} ]\n</Nnet>\n", encoding="utf-8")
+    _write_identity_cmvn(directory / "am.mvn")
     _save_fresh_weights(directory)
     return directory
 
@@ -186,13 +190,85 @@ def build_tiny_speaker_model(directory: Path) -> Path:
     return directory
 
 
+SENSEVOICE_CONFIG = f"""\
+model: SenseVoiceSmall
+model_conf:
+    length_normalized_loss: true
+    sos: 1
+    eos: 2
+    ignore_id: -1
+encoder: SenseVoiceEncoderSmall
+encoder_conf:
+    output_size: {DIM}
+    attention_heads: 2
+    linear_units: 64
+    num_blocks: 2
+    tp_blocks: 1
+    dropout_rate: 0.1
+    positional_dropout_rate: 0.1
+    attention_dropout_rate: 0.1
+    input_layer: pe
+    pos_enc_class: SinusoidalPositionEncoder
+    normalize_before: true
+    kernel_size: 11
+    sanm_shfit: 0
+    selfattention_layer_type: sanm
+tokenizer: SentencepiecesTokenizer
+tokenizer_conf:
+    bpemodel: null
+    unk_symbol: <unk>
+    split_with_space: true
+frontend: WavFrontend
+frontend_conf:
+    fs: 16000
+    window: hamming
+    dither: 0.0
+    n_mels: {N_MELS}
+    frame_length: 25
+    frame_shift: 10
+    lfr_m: {LFR_M}
+    lfr_n: {LFR_N}
+    cmvn_file: null
+"""
+
+
+def build_tiny_sensevoice(directory: Path) -> Path:
+    """SenseVoiceSmall's layout: configuration.json naming config.yaml, model.pt, a
+    sentencepiece model and am.mvn. The vocabulary holds its rich tags and more than 124
+    pieces (its timestamp code assumes a piece 124)."""
+    import io
+    import json
+
+    import sentencepiece
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(SENSEVOICE_CONFIG, encoding="utf-8")
+    (directory / "configuration.json").write_text(json.dumps({
+        "framework": "pytorch", "task": "auto-speech-recognition", "model": {"type": "funasr"},
+        "file_path_metas": {"init_param": "model.pt", "config": "config.yaml",
+                            "tokenizer_conf": {"bpemodel": "tiny.bpe.model"},
+                            "frontend_conf": {"cmvn_file": "am.mvn"}}}), encoding="utf-8")
+    tags = ["<|zh|>", "<|en|>", "<|NEUTRAL|>", "<|Speech|>", "<|withitn|>", "<|woitn|>"]
+    text = ["".join(TOKENS[3:-3]), "hello world this is a tiny model"] * 20
+    bpe = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(text), model_writer=bpe, vocab_size=160, hard_vocab_limit=False,
+        character_coverage=1.0, user_defined_symbols=tags + [f"q{i}" for i in range(100)],
+        minloglevel=2)
+    (directory / "tiny.bpe.model").write_bytes(bpe.getvalue())
+    _write_identity_cmvn(directory / "am.mvn")
+    _save_fresh_weights(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("funasr-models")
     return {"offline": build_tiny_paraformer(root / "tiny-paraformer", streaming=False),
             "streaming": build_tiny_paraformer(root / "tiny-paraformer-streaming", streaming=True),
             "punc": build_tiny_punctuation(root / "tiny-ct-punc"),
-            "spk": build_tiny_speaker_model(root / "tiny-campplus")}
+            "spk": build_tiny_speaker_model(root / "tiny-campplus"),
+            "sensevoice": build_tiny_sensevoice(root / "tiny-sensevoice")}
 
 
 def read_clip(name: str) -> np.ndarray:

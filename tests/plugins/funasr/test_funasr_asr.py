@@ -304,6 +304,30 @@ def test_speaker_model_labels_segments(tiny_models) -> None:
     assert transcript.to_dict()["segments"][0]["speaker"].startswith("speaker_")
 
 
+@pytest.fixture(scope="session")
+def sensevoice(tiny_models):
+    return make_engine(tiny_models, model=str(tiny_models["sensevoice"]), streaming_model="")
+
+
+def test_sensevoice_layout_loads_and_its_tags_are_handled(sensevoice) -> None:
+    from asrhub_plugins.funasr.results import clean_text, language_tag
+
+    assert sensevoice.offline.model_class == "SenseVoiceSmall"
+    audio = read_clip("zh/sherpa_sense_voice_zh.wav")
+    raw = sensevoice.offline.automodel.generate(input=audio, language="auto", use_itn=True)[0]["text"]
+    transcript = sensevoice.transcribe(audio)
+    assert transcript.text == clean_text(raw) and "<|" not in transcript.text
+    assert transcript.language == language_tag(raw)
+    assert sensevoice.transcribe(audio, language="zh-CN").language == "zh-CN"
+
+
+def test_sensevoice_streams_utterance_by_utterance(sensevoice, fsmn) -> None:
+    audio = read_clip(THREE_SENTENCES)
+    hyps = run_stream(sensevoice.open_stream(language="zh", vad=fsmn.open_stream()), audio)
+    assert len(hyps) == 3 and all(h.is_final and h.language == "zh" for h in hyps)
+    assert all(h.text and "<|" not in h.text for h in hyps)
+
+
 # --------------------------------------------------------------------------- streams
 
 
