@@ -112,7 +112,14 @@ def _executor(hub: Hub) -> InferenceExecutor:
 async def refuse(conn: Connection, exc: ProtocolError) -> None:
     conn.hub.count_error(PROTOCOL, str(exc.code))
     conn.send_json(error_message(exc.code, exc.message))
-    await conn.close(REFUSAL_CODES.get(exc.code, WSCloseCode.POLICY_VIOLATION), exc.message)
+    await conn.close(REFUSAL_CODES.get(exc.code, WSCloseCode.POLICY_VIOLATION),
+                     close_reason(exc.message))
+
+
+def close_reason(text: str) -> str:
+    """At most 120 bytes of UTF-8, cut between characters (a close reason may hold 123, and a
+    reason cut inside a character is invalid UTF-8, which clients treat as a protocol error)."""
+    return text.encode()[:120].decode(errors="ignore")
 
 
 def report(conn: Connection, exc: ProtocolError) -> None:

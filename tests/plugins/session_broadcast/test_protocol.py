@@ -224,6 +224,19 @@ async def test_second_sender_is_refused(server, recordings):
     assert messages[2] == ("close", 1000, "session closed")
 
 
+async def test_refusal_reason_with_a_long_chinese_session_id_stays_valid_utf8(server):
+    session_id = "会议" * 60  # 120 characters, 360 bytes of UTF-8
+    async with aiohttp.ClientSession() as http:
+        first = await http.ws_connect(ws_url(server, session_id, "mode=sender"))
+        second = await http.ws_connect(ws_url(server, session_id, "mode=sender"))
+        refused = await ws_messages(second)
+        assert refused[0]["message"].startswith(f"session '{session_id}' already has a sender")
+        code, reason = refused[-1][1:]
+        assert code == 1008 and reason.startswith("session '会议") and len(reason.encode()) <= 120
+        await first.send_str("close")
+        assert (await ws_messages(first))[0]["type"] == "closed"
+
+
 @pytest.mark.parametrize("query", ["", "mode=", "mode=listener", "role=sender"])
 async def test_missing_or_invalid_mode(server, query):
     async with aiohttp.ClientSession() as http:
