@@ -130,8 +130,9 @@ class FunASREngine:
                    progress: ProgressCallback | None = None) -> Transcript:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         duration = len(audio) / SAMPLE_RATE
+        wanted = language if language and _language_option(language) != "auto" else None
         if len(audio) == 0:
-            return Transcript(text="", language=language, duration=0.0)
+            return Transcript(text="", language=wanted, duration=0.0)
         options = self._options(language)
         # is_final: a streaming model given as `model` decodes the whole input at once.
         options |= {"output_timestamp": True, "is_final": True}
@@ -140,7 +141,6 @@ class FunASREngine:
         result = self.offline.generate(audio, progress=progress, **options)
         if progress is not None:
             progress(1.0)
-        wanted = language if language and _language_option(language) != "auto" else None
         return to_transcript(result, duration=duration, language=wanted,
                              word_timestamps=word_timestamps)
 

@@ -11,7 +11,7 @@ a 200 ms chunk costs ~3 ms on one thread, so the lock is never the bottleneck.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class FsmnVADSettings:
     # two-core machine spin against other work and took 10-500 ms per chunk (measured).
     ncpu: int = 1
     device: str = "cpu"
-    hub: str = "ms"
+    hub: Literal["ms", "hf"] = "ms"
 
     def validate(self) -> None:
         if not self.model:
