@@ -284,14 +284,14 @@ class FunASRStream:
         utt = self._utt
         assert utt is not None
         end = min(max(sample, utt.start), self._received)
-        if self.streaming is not None:
-            self._feed(end, final=True)
         audio = self._slice(utt.start, end).copy() if self.keep_utterance_audio else None
         language = self.language
         if self.offline_final and audio is not None:
+            # The streaming model's cache goes with the utterance: no need to flush it.
             text, tagged = self.engine.decode_utterance(audio, self.language)
             language = language or tagged
         else:
+            self._feed(end, final=True)
             text = clean_text(self.engine.offline.punctuate(utt.text))
         self._utt = None
         if not text and utt.number is None:
