@@ -23,7 +23,7 @@ from asrhub.engine import Voiceprint
 from asrhub.testing import make_hub, running_server, wer
 from asrhub.testing import testdata_dir as data_dir
 
-from .conftest import load_doc_client, received_results
+from .conftest import load_doc_client, quiet, received_results, write_wav
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PROTOCOL = "session_broadcast"
@@ -86,6 +86,8 @@ async def broadcast(server, audio_file: Path, receivers: int = 1) -> tuple[list[
     sender, said = doc_sender(server, session_id, audio_file)
     await asyncio.wait_for(sender.send_audio(), 60)
     await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert not [line for line in said if line.startswith(("发生错误", "连接已关闭"))], said
+    assert [line for line in said if line.startswith("收到服务器最终响应: ")], said
     return [received_results(printed) for _, printed in clients], said
 
 
@@ -149,7 +151,7 @@ async def test_enrolled_speaker_is_identified(server, recordings):
     store.put(Voiceprint("spk1-id", "Speaker One", embedding, time.time(), len(enroll) / 16000,
                          engine.name))
     try:
-        (results,), said = await broadcast(server, recordings["spk1_test"])
+        (results,), _ = await broadcast(server, recordings["spk1_test"])
     finally:
         store.delete("spk1-id")
     assert len(results) == 1
@@ -178,6 +180,15 @@ async def test_speaker_not_enrolled_is_unknown(server, recordings):
     spk = results[0]["spk"]
     assert spk["speaker_id"] == "unknown" and spk["speaker_name"] == "unknown"
     assert 0.0 < spk["score"] < engine.default_threshold
+
+
+async def test_seed_sender_gets_the_acknowledgement_when_nothing_was_said(server, tmp_path):
+    silence = write_wav(tmp_path / "room.wav", [quiet(2.0, 11)])
+    (results,), said = await broadcast(server, silence)
+    assert results == []
+    final = [line for line in said if line.startswith("收到服务器最终响应: ")]
+    ack = json.loads(final[0].split(": ", 1)[1])
+    assert ack["type"] == "closed" and ack["results"] == 0 and ack["audio_s"] == 2.0
 
 
 # ----------------------------------------------------------------------------- refusals and errors
