@@ -138,13 +138,13 @@ class Server:
         try:
             for listener in hub.enabled_listeners():
                 await self._start_listener(listener)
+            preload = hub.config.server.preload if preload is None else preload
+            if preload:
+                await hub.preload()
+            hub.pm.hook.asrhub_startup(hub=hub)
         except BaseException:
-            await self._stop_runners()
+            await self._abort_start()
             raise
-        preload = hub.config.server.preload if preload is None else preload
-        if preload:
-            await hub.preload()
-        hub.pm.hook.asrhub_startup(hub=hub)
         hub.ready = True
         log.info("ready", ports=self.ports, engines=hub.loaded_engines())
 
@@ -200,6 +200,13 @@ class Server:
         await self.lag.stop()
         log.info("stopped", drain_s=round(time.perf_counter() - started, 3))
         self._stopped.set()
+
+    async def _abort_start(self) -> None:
+        """Start-up failed: release ports, threads and the lag monitor before re-raising."""
+        await self._stop_runners()
+        if self.hub.executor is not None:
+            await self.hub.executor.shutdown(drain_timeout=2.0)
+        await self.lag.stop()
 
     async def _stop_runners(self) -> None:
         for runner in reversed(self.runners):

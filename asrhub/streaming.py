@@ -106,8 +106,11 @@ class StreamPump:
             if self._task.done():
                 self._task.result()  # re-raise the consumer's error
                 return
-            await asyncio.wait({self._task, asyncio.ensure_future(self._idle.wait())},
-                               return_when=asyncio.FIRST_COMPLETED)
+            idle = asyncio.ensure_future(self._idle.wait())
+            try:
+                await asyncio.wait({self._task, idle}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                idle.cancel()
 
     async def finish(self) -> list[Hypothesis]:
         """Process the backlog, then end the stream; returns (and reports) the final hypotheses."""
