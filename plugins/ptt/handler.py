@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.resources
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -14,6 +13,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from asrhub.appkeys import HUB_KEY
 from asrhub.connection import Connection, websocket_connection
 from asrhub.hub import Hub, ProtocolCounters
+from asrhub.paths import web_dir
 from asrhub.server import service_info
 
 from . import messages as m
@@ -27,17 +27,18 @@ PROTOCOL = "ptt"
 WS_PATH = "/ws/asr"
 SETTINGS_KEY: web.AppKey[PTTSettings] = web.AppKey("ptt_settings")
 STATS_KEY: web.AppKey[PTTStats] = web.AppKey("ptt_stats")
-PAGE_KEY: web.AppKey[str] = web.AppKey("ptt_test_page")
 
 
 def setup_routes(app: web.Application, hub: Hub, settings: PTTSettings) -> None:
     app[SETTINGS_KEY] = settings
     app[STATS_KEY] = PTTStats()
-    app[PAGE_KEY] = importlib.resources.files(__package__).joinpath("test_page.html").read_text("utf-8")
     app.router.add_get(WS_PATH, websocket_handler)
     app.router.add_get("/", index_handler)
     app.router.add_get("/stats", stats_handler)
-    app.router.add_get("/test", test_page_handler)
+    # The shared demo page (web/), opened on this protocol; its assets live under /test/.
+    app.router.add_get("/test", test_page_redirect)
+    app.router.add_get("/test/", test_page_handler)
+    app.router.add_static("/test/", web_dir())
 
 
 # ---------------------------------------------------------------------------- WebSocket
@@ -179,5 +180,10 @@ async def stats_handler(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-async def test_page_handler(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[PAGE_KEY], content_type="text/html", charset="utf-8")
+async def test_page_redirect(request: web.Request) -> web.Response:
+    query = request.query_string or "protocol=ptt"
+    raise web.HTTPFound(f"/test/?{query}")
+
+
+async def test_page_handler(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(web_dir() / "index.html")
