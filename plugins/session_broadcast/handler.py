@@ -159,8 +159,9 @@ async def serve_sender(conn: Connection, session: BroadcastSession) -> None:
                 conn.audio_seconds += len(frame.pcm) / SAMPLE_RATE
             except ProtocolError as exc:
                 report(conn, exc)
-                if exc.code is ErrorCode.BACKLOG_FULL:
-                    end = "backlog full"
+                if exc.code in (ErrorCode.BACKLOG_FULL, ErrorCode.SESSION_CLOSED):
+                    # no more audio is taken: what was accepted is still recognised
+                    end = "backlog full" if exc.code is ErrorCode.BACKLOG_FULL else "server error"
                     break
                 bad += 1
                 if bad >= MAX_BAD_MESSAGES:

@@ -353,3 +353,20 @@ async def test_a_sender_in_the_wrong_format_is_closed_with_a_reason(server, reco
     assert close[:2] == ("close", 1007)
     assert close[2] == '20 invalid messages (invalid_audio): expected float32 PCM, 16 kHz, mono, and text "close"'
     assert "16-bit integers" in errors[0]["message"]
+
+
+async def test_a_sender_over_the_backlog_limit_is_told_and_closed_normally(recordings):
+    hub = make_hub({"engines": {"whisper": {"model": "tiny.en"}},
+                    "protocols": {PROTOCOL: {"identify_speakers": False, "max_backlog_s": 2.0,
+                                             "max_segment_s": 2.0}}}, only=[PROTOCOL])
+    audio = pcm(recordings["short"])
+    async with running_server(hub) as srv, aiohttp.ClientSession() as http:
+        receiver = await http.ws_connect(ws_url(srv, "fast", "mode=receiver"))
+        await until(lambda: receivers_of(srv, "fast") == 1)
+        sender = await http.ws_connect(ws_url(srv, "fast", "mode=sender"))
+        await sender.send_bytes(audio[:48000].tobytes())  # 3 s at once: more than 2 s waiting
+        sent, heard = await asyncio.gather(ws_messages(sender), ws_messages(receiver))
+    assert sent[0]["code"] == "backlog_full" and "2 s of audio" in sent[0]["message"]
+    assert sent[1]["type"] == "closed" and sent[1]["reason"] == "backlog full"
+    assert sent[2] == ("close", 1000, "session closed")
+    assert heard == [("close", 1000, "session ended")]
