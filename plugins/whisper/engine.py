@@ -103,6 +103,21 @@ def _compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+def _repeats_itself(tokens: list[int], max_gram: int = 8) -> bool:
+    """Whether some run of 1-8 tokens comes 4 or more times in a row (5 for one token): the
+    way Whisper loops when it has lost track of the audio ("5, 5, 5, 5, 5, 5")."""
+    for size in range(1, max_gram + 1):
+        needed = 5 if size == 1 else 4
+        for begin in range(0, len(tokens) - needed * size + 1):
+            gram = tokens[begin:begin + size]
+            copies = 1
+            while tokens[begin + copies * size:begin + (copies + 1) * size] == gram:
+                copies += 1
+                if copies >= needed:
+                    return True
+    return False
+
+
 def join_texts(texts: list[str], language: str | None) -> str:
     texts = [t.strip() for t in texts if t.strip()]
     return ("" if language in NO_SPACE_LANGUAGES else " ").join(texts)
@@ -247,7 +262,8 @@ class WhisperEngine:
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
         text = tokenizer.decode(tokens).strip()
         avg_logprob = (result.scores[0] * len(tokens)) / (len(tokens) + 1) if tokens else -10.0
-        looping = len(tokens) >= max_new or _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
+        looping = (len(tokens) >= max_new or _repeats_itself(tokens)
+                   or _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD)
         if looping and window < FULL_WINDOW:
             log.debug("whisper_window_retry", window=window, tokens=len(tokens))
             return self.decode(audio, language, previous_text=previous_text, window=FULL_WINDOW)

@@ -142,3 +142,11 @@ def test_concurrent_calls_share_the_model(tiny: WhisperEngine, clip, transcripts
         texts = list(pool.map(lambda n: tiny.transcribe(clip(n)).text, names))
     for name, text in zip(names, texts, strict=True):
         assert wer(transcripts[name], text) < 0.3
+
+
+def test_loop_detection() -> None:
+    from asrhub_plugins.whisper.engine import _repeats_itself
+
+    assert _repeats_itself([7, 8] * 4) and _repeats_itself([9] * 5)
+    assert not _repeats_itself([7, 8] * 3) and not _repeats_itself([9] * 4)
+    assert not _repeats_itself(list(range(100)))
