@@ -31,6 +31,14 @@ class OutboxFull(RuntimeError):
     pass
 
 
+def close_reason_bytes(reason: str, limit: int = 123) -> bytes:
+    """A WebSocket close reason fits in 123 bytes; cut between characters, never inside one."""
+    data = reason.encode()
+    if len(data) <= limit:
+        return data
+    return data[:limit].decode("utf-8", errors="ignore").encode()
+
+
 class Connection:
     """One client connection: a prepared WebSocketResponse plus a bounded outbound queue.
 
@@ -99,7 +107,7 @@ class Connection:
         if reason:
             self.close_reason = reason
         if not self.ws.closed:
-            await self.ws.close(code=code, message=reason.encode()[:120])
+            await self.ws.close(code=code, message=close_reason_bytes(reason))
 
     async def _stop_writer(self) -> None:
         await self.flush(2.0)

@@ -263,8 +263,14 @@ class Hub:
         """Load the engines the enabled protocols will need before reporting ready."""
         self.loading = True
         try:
-            await self.asr()
-            await self.vad()
+            wanted: list[EngineKind] = ["asr", "vad"]
+            for lst in self.enabled_listeners():
+                if lst.extra is None and lst.spec.preload is not None:
+                    wanted += [k for k in lst.spec.preload(lst.settings) if k not in wanted]  # type: ignore[misc]
+            for kind in wanted:
+                if kind not in ENGINE_HOOKS:
+                    raise ConfigError(f"a protocol asked to preload unknown engine kind {kind!r}")
+                await self.engine(kind)
         finally:
             self.loading = False
 

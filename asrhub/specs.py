@@ -6,7 +6,7 @@ handlers or models, so a plugin can be listed (``asrhub plugins``) without loadi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,9 @@ class ProtocolSpec:
     # its section is ``[protocols.<name>.<extra_name>]`` (listener keys only).
     extra_ports: dict[str, int] = field(default_factory=dict)
     setup_extra: Callable[[web.Application, Hub, Any, str], None] | None = None
+    # Engine kinds ("speaker", "voiceprints", "denoise", ...) to load before the server reports
+    # ready, given the protocol's settings; the default ASR and VAD engines always are.
+    preload: Callable[[Any], Iterable[str]] | None = None
 
 
 @dataclass(frozen=True)

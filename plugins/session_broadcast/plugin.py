@@ -34,4 +34,7 @@ def asrhub_register_protocols() -> list[ProtocolSpec]:
                     "speaker identification to every receiver (/ws/asr/{session_id}?mode=)",
         setup=_setup,
         settings_class=BroadcastSettings,
+        # Identification embeds every segment: load the speaker model before reporting ready,
+        # not in the first session (3 s load + a slow first embedding).
+        preload=lambda s: ("speaker", "voiceprints") if s.identify_speakers else (),
     )]
