@@ -125,3 +125,28 @@ def test_serves_like_the_unit_with_notify_socket(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_example_config_is_valid_and_complete():
+    """systemd/asrhub.toml validates and names every setting `asrhub default-config` knows."""
+    import tomllib
+
+    from asrhub.cli import default_config_document
+    from asrhub.config import load_config
+    from asrhub.hub import Hub
+    from asrhub.plugins import make_plugin_manager
+
+    example = REPO / "systemd" / "asrhub.toml"
+    hub = Hub(load_config(example), make_plugin_manager())
+    assert all(lst.config.enabled for lst in hub.listeners)
+    data = tomllib.loads(example.read_text())
+
+    def keys(doc, prefix=""):
+        for key, value in doc.items():
+            if isinstance(value, dict) and value:
+                yield from keys(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    missing = set(keys(default_config_document())) - set(keys(data))
+    assert not missing, f"regenerate systemd/asrhub.toml: missing {sorted(missing)}"
