@@ -174,6 +174,7 @@ def cmd_speakers(args: argparse.Namespace) -> int:
     from asrhub.audio import decode_file
     from asrhub.engine import Voiceprint
 
+    configure_logging("warning", "console" if sys.stderr.isatty() else "json")
     hub = _build_hub(_load(args))
     store = hub.engine_sync("voiceprints")
     if args.action == "list":

@@ -73,8 +73,6 @@ def test_enrolling_silence_fails_cleanly(config: Path, tmp_path: Path) -> None:
     assert "too little speech" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.xfail(reason="core: cmd_speakers does not configure logging, so structlog prints "
-                          "engine_loaded to stdout among the rows (asked the lead)", strict=False)
 def test_list_prints_only_the_rows(config: Path) -> None:
     listing = asrhub(config, "list")
     assert listing.returncode == 0 and listing.stdout == ""
