@@ -51,6 +51,17 @@ class ResemblyzerEngine:
         self._encoder = VoiceEncoder(device=settings.device, verbose=False)
         self.default_threshold = settings.threshold
         self._lock = threading.Lock()  # one forward pass at a time on the shared torch module
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run the whole path once at load, so the first real session does not pay for numba's
+        compilation and torch's first-call set-up (seconds)."""
+        rng = np.random.default_rng(0)
+        t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
+        voiced = (0.3 * np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+                  + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+        self._preprocess(voiced)
+        self._encoder.embed_utterance(voiced)
 
     def embed(self, audio: Audio) -> npt.NDArray[np.float32]:
         audio = np.asarray(audio, dtype=np.float32)
