@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import math
 import shutil
 import time
 import uuid
@@ -96,6 +97,8 @@ class FileService:
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._janitor: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._announced: dict[str, int] = {}  # the queue position last told per task
 
     @property
     def store(self) -> TaskStore:
@@ -120,10 +123,14 @@ class FileService:
                  concurrency=self.settings.concurrency, rtf=round(self.rtf, 4))
 
     async def stop(self) -> None:
-        tasks = [*self._workers, *([self._janitor] if self._janitor else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._stopping = True
+        tasks: set[asyncio.Task[None]] = {*self._workers, *([self._janitor] if self._janitor else [])}
+        while tasks:
+            # Cancel until they are gone: on Python 3.11 asyncio.wait_for (the executor's wait
+            # for room) can swallow a cancellation that lands as its inner wait completes.
+            for task in tasks:
+                task.cancel()
+            _, tasks = await asyncio.wait(tasks, timeout=0.5)
         self._workers, self._janitor = [], None
         if self._store is not None:
             self._store.close()
@@ -226,7 +233,7 @@ class FileService:
         if index < free:
             return index + 1, 0.0
         seconds = sum(ahead) * self.rtf / self.settings.concurrency
-        return index + 1, round(seconds / 60, 1)
+        return index + 1, math.ceil(seconds / 60 * 100) / 100  # any wait shows as >= 0.01
 
     def _remaining_audio(self, run: RunningTask) -> float:
         duration = run.duration if run.duration is not None else 60.0
@@ -356,16 +363,25 @@ class FileService:
         return m.task_complete(task.task_id, render_result(result, fmt or task.output_format),
                                task.finished_at)
 
+    def queued_message(self, task_id: str) -> dict[str, Any]:
+        position, wait = self.queue_info(task_id)
+        self._announced[task_id] = position
+        return m.task_queued(task_id, position, wait)
+
     def _notify_positions(self) -> None:
-        for task_id in self._pending:
-            if self._subscribers.get(task_id):
-                position, wait = self.queue_info(task_id)
-                self._publish(task_id, m.task_queued(task_id, position, wait))
+        """Tell the watchers of each waiting task whose place in the queue changed."""
+        waiting = set(self._pending)
+        for task_id in list(self._announced):
+            if task_id not in waiting:
+                del self._announced[task_id]
+        for index, task_id in enumerate(self._pending):
+            if self._subscribers.get(task_id) and self._announced.get(task_id) != index + 1:
+                self._publish(task_id, self.queued_message(task_id))
 
     # ------------------------------------------------------------------ the queue
 
     async def _worker(self) -> None:
-        while True:
+        while not self._stopping:
             while not self._pending:
                 self._wake.clear()
                 await self._wake.wait()

@@ -289,8 +289,7 @@ class FileSession:
         self._subscriptions.append(sub)
         self.service.subscribe(task_id, sub)
         if task.state == TaskState.QUEUED:
-            position, wait = self.service.queue_info(task_id)
-            self.send(m.task_queued(task_id, position, wait))
+            self.send(self.service.queued_message(task_id))
         else:
             progress = self.service.progress_message(task_id)
             if progress is not None:

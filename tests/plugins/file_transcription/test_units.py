@@ -1,0 +1,99 @@
+"""Pure parts of the pipeline: piece planning, text joining, results and SRT, clustering, the
+store's persistence."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from asrhub_plugins.file_transcription.diarize import cluster, fill_unlabelled
+from asrhub_plugins.file_transcription.pipeline import (
+    Piece,
+    build_result,
+    fixed_pieces,
+    join_text,
+    plan_pieces,
+    render_result,
+)
+from asrhub_plugins.file_transcription.store import TaskStore, file_md5, write_chunk
+
+from asrhub.engine import Segment
+
+S = 16000
+
+
+def test_pieces_merge_regions_up_to_the_limit_and_skip_silence():
+    regions = [(1 * S, 3 * S), (4 * S, 8 * S), (40 * S, 45 * S)]
+    pieces = plan_pieces(regions, 60 * S, max_len=30 * S, pad=0)
+    assert pieces == [Piece(1 * S, 8 * S), Piece(40 * S, 45 * S)]
+
+
+def test_long_region_is_cut_and_speaker_change_splits():
+    pieces = plan_pieces([(0, 70 * S)], 70 * S, max_len=30 * S, pad=0)
+    assert [(p.start // S, p.end // S) for p in pieces] == [(0, 30), (30, 60), (60, 70)]
+    regions = [(0, 2 * S), (3 * S, 5 * S), (6 * S, 8 * S)]
+    pieces = plan_pieces(regions, 10 * S, max_len=30 * S, speakers=[0, 0, 1], pad=S // 2)
+    assert [(p.start, p.end, p.speaker) for p in pieces] == [(0, int(5.5 * S), 0), (int(5.5 * S), int(8.5 * S), 1)]
+    assert fixed_pieces(65 * S, 30 * S)[-1] == Piece(60 * S, 65 * S)
+
+
+def test_join_text_spaces_words_not_cjk():
+    assert join_text([" Hello there.", "General Kenobi. "]) == "Hello there. General Kenobi."
+    assert join_text(["欢迎大家", "来体验"]) == "欢迎大家来体验"
+    assert join_text(["我说", "OK 好的"]) == "我说 OK 好的"
+
+
+def test_result_and_srt_have_the_seed_layout():
+    segments = [Segment(0.0, 5.2, " 分段文本内容", speaker="speaker_0"),
+                Segment(5.2, 10.5, "另一个说话人的文本", speaker="speaker_1"),
+                Segment(11.0, 12.0, "再来", speaker="speaker_0")]
+    result = build_result(segments, 120.5, "zh")
+    assert result["speakers"] == [{"id": "speaker_0", "name": "说话人1", "segments": [0, 2]},
+                                  {"id": "speaker_1", "name": "说话人2", "segments": [1]}]
+    assert result["segments"][0] == {"text": "分段文本内容", "start": 0.0, "end": 5.2, "speaker": "speaker_0"}
+    assert result["duration"] == 120.5
+    assert render_result(result, "json")["format"] == "json"
+    srt = render_result(result, "srt")
+    assert srt["format"] == "srt" and srt["segments"] == result["segments"]
+    assert srt["text"].startswith("1\n00:00:00,000 --> 00:00:05,200\n<speaker_0>分段文本内容\n\n"
+                                  "2\n00:00:05,200 --> 00:00:10,500\n<speaker_1>另一个说话人的文本\n")
+
+
+def test_clustering_estimates_the_number_of_speakers():
+    rng = np.random.default_rng(0)
+    a, b, c = (v / np.linalg.norm(v) for v in rng.standard_normal((3, 256)))
+
+    def near(v):
+        w = v + 0.15 * rng.standard_normal(256) / 16
+        return w / np.linalg.norm(w)
+
+    assert cluster(np.stack([near(a), near(b), near(a), near(b)])) == [0, 1, 0, 1]
+    assert cluster(np.stack([near(c), near(c), near(c)])) == [0, 0, 0]
+    assert cluster(np.stack([near(a), near(b), near(c)]), max_speakers=2) in ([0, 1, 1], [0, 0, 1], [0, 1, 0])
+    assert cluster(np.zeros((0, 256))) == []
+    assert fill_unlabelled([(0, 1), (1, 1.2), (5, 6)], [0, None, 1]) == [0, 0, 1]
+    assert fill_unlabelled([(0, 1)], [None]) == [0]
+
+
+def test_store_survives_reopening(tmp_path):
+    store = TaskStore(tmp_path)
+    task = store.create_task(task_id="t1", file_name="a.mp3", file_size=10, file_hash="h",
+                             cache_key="h|k", output_format="json", chunked=True, chunk_size=4,
+                             total_chunks=3)
+    assert task.state == "uploading" and task.extension == "mp3"
+    write_chunk(store.partial_path("t1"), 4, b"5678")
+    store.record_chunk("t1", 1, 4, "md5")
+    store.finish("t0", "h|k", {"text": "hi"}, 1.5)
+    store.set_meta("rtf", "0.2")
+    store.close()
+    again = TaskStore(tmp_path)
+    assert again.received_chunks("t1") == [1]
+    assert again.chunk_md5("t1", 1) == "md5"
+    found = again.get_result("h|k")
+    assert found is not None and found[0] == "t0" and found[1] == {"text": "hi"}
+    assert again.get_meta("rtf") == "0.2"
+    assert again.find_unfinished("h|k").task_id == "t1"  # type: ignore[union-attr]
+    assert file_md5(again.partial_path("t1"))[1] == 8
+    again.delete_task("t1")
+    assert again.get("t1") is None and not again.spool_dir("t1").exists()
+    assert re.fullmatch(r"[0-9a-f]{32}", file_md5(tmp_path / "tasks.sqlite3")[0])
