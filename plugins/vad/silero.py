@@ -156,6 +156,11 @@ class SileroVADStream:
         return self._samples
 
     @property
+    def speech_pad(self) -> int:
+        """Samples of padding added after the speech in an ``end`` event."""
+        return self._pad
+
+    @property
     def in_speech(self) -> bool:
         """A ``start`` has been reported and its ``end`` has not."""
         return self._state is _State.SPEECH

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from asrhub_plugins.whisper.engine import Decoded, WhisperEngine
 
 PAUSE_TRIGGER = int(0.2 * SAMPLE_RATE)  # quiet after speech before the early decode
-ASSUMED_PAD = int(0.1 * SAMPLE_RATE)  # the VAD's speech_pad: end = start of quiet + pad
+DEFAULT_PAD = int(0.1 * SAMPLE_RATE)  # a VAD's end = start of quiet + pad (Silero's default)
+MIN_UTTERANCE = int(0.2 * SAMPLE_RATE)  # shorter leftovers (after a cut) are not decoded
 REUSE_TOLERANCE = int(0.15 * SAMPLE_RATE)  # a decode this close to the end stands as final
 HISTORY = 3 * SAMPLE_RATE  # audio kept before an utterance (the VAD reports starts late)
 OVERDUE_INTERVALS = 3  # a partial put off while the model is busy is forced after this many
@@ -110,6 +111,7 @@ class WhisperStream:
         settings = engine.settings
         self._engine = engine
         self._vad = vad
+        self._pad = int(getattr(vad, "speech_pad", DEFAULT_PAD))
         self._language = language  # None: detect, then keep
         self._partials = settings.partial_interval > 0
         self._interval = max(1, int(settings.partial_interval * SAMPLE_RATE))
@@ -205,9 +207,9 @@ class WhisperStream:
         if quiet_since is None:
             return False
         quiet_since += self._vad_offset
-        if quiet_since <= utterance.start or self._clock - quiet_since < PAUSE_TRIGGER:
+        if quiet_since <= utterance.start or self._clock - quiet_since < max(PAUSE_TRIGGER, self._pad):
             return False
-        return not self._covers(utterance, quiet_since + ASSUMED_PAD)
+        return not self._covers(utterance, quiet_since + self._pad)
 
     @staticmethod
     def _covers(utterance: _Utterance, end: int) -> bool:
@@ -228,6 +230,8 @@ class WhisperStream:
         assert utterance is not None
         end = min(max(end, utterance.start), self._clock)
         self._last_end = end
+        if end - utterance.start < MIN_UTTERANCE and utterance.number is None:
+            return []
         if utterance.last is not None and self._covers(utterance, end):
             decoded = utterance.last
             self.stats.reused_finals += 1

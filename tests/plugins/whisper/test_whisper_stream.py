@@ -218,3 +218,18 @@ def test_streams_are_independent(tiny: WhisperEngine, clip, transcripts, tmp_pat
     out_b += b.finish()
     assert wer(transcripts[FIRST], " ".join(h.text for h in out_a if h.is_final)) < 0.15
     assert wer(transcripts[SECOND], " ".join(h.text for h in out_b if h.is_final)) < 0.3
+
+
+def test_long_sessions_keep_a_bounded_buffer(tiny: WhisperEngine, clip) -> None:
+    """Ten minutes of mostly silence with speech now and then: memory and work stay flat."""
+    stream = tiny.open_stream()
+    speech = np.concatenate([clip(SECOND), silence(0.6)])
+    for minute in range(10):
+        for _second in range(60):
+            stream.accept(silence(1.0))
+        if minute % 5 == 0:
+            stream.accept(speech)
+    assert stream.samples >= 600 * SAMPLE_RATE
+    assert stream._audio.end - stream._audio.start <= 10 * SAMPLE_RATE
+    assert len(stream._audio._data) <= 64 * SAMPLE_RATE
+    assert stream.stats.decodes <= 10
