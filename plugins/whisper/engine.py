@@ -291,8 +291,16 @@ class WhisperEngine:
     def transcribe_utterance(self, audio: Audio, language: str | None = None, *,
                              previous_text: str = "") -> Decoded:
         """One short recording (push-to-talk, a voice command): the cheap path, no timestamps.
-        ``language`` None = the configured default ("auto" detects)."""
-        return self.decode(audio, self.resolve_language(language), previous_text=previous_text)
+        ``language`` None = the configured default ("auto" detects). Over 30 s, the file path."""
+        lang = self.resolve_language(language)
+        if len(audio) <= MAX_SAMPLES:
+            return self.decode(audio, lang, previous_text=previous_text)
+        started = time.perf_counter()
+        transcript = self.transcribe(audio, language=lang)
+        confidences = [s.confidence for s in transcript.segments if s.confidence]
+        return Decoded(transcript.text, transcript.language, 1.0,
+                       float(np.mean(np.log(confidences))) if confidences else -10.0, 0.0,
+                       transcript.duration, FULL_WINDOW, time.perf_counter() - started)
 
     # ------------------------------------------------------------------ files
 
@@ -322,6 +330,9 @@ class WhisperEngine:
                 word_timestamps=word_timestamps,
                 vad_filter=self.settings.vad_filter,
                 initial_prompt=self.settings.initial_prompt or None,
+                # Conditioning on the previous window's text can make Whisper skip whole
+                # windows (seen on a repeated passage); off unless configured.
+                condition_on_previous_text=self.settings.condition_on_previous,
             )
             segments = []
             for piece in pieces:

@@ -30,7 +30,8 @@ class WhisperSettings:
     partial_interval: float = 1.0
     # Streaming: an utterance longer than this is cut (at its quietest recent point).
     max_utterance_s: float = 25.0
-    # Streaming: condition each utterance on the previous one's text.
+    # Condition each utterance (stream) / 30 s window (file) on the previous one's text.
+    # Measured: no clear gain on the test clips, and on files it can make Whisper skip windows.
     condition_on_previous: bool = False
     # Decode short audio with a window of (audio + >= 3 s, at least 10 s) instead of Whisper's
     # fixed 30 s: 2-4x cheaper, same accuracy on the test clips. False = always 30 s.

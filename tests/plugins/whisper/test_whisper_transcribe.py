@@ -150,3 +150,15 @@ def test_loop_detection() -> None:
     assert _repeats_itself([7, 8] * 4) and _repeats_itself([9] * 5)
     assert not _repeats_itself([7, 8] * 3) and not _repeats_itself([9] * 4)
     assert not _repeats_itself(list(range(100)))
+
+
+def test_transcribe_utterance(tiny: WhisperEngine, clip, transcripts) -> None:
+    name = LIBRIVOX[1]
+    decoded = tiny.transcribe_utterance(clip(name), "en-GB")
+    assert decoded.language == "en" and 0 < decoded.confidence <= 1
+    assert wer(transcripts[name], decoded.text) < 0.3
+    longer = np.concatenate([clip(n) for n in LIBRIVOX])  # 24 s
+    longest = np.concatenate([longer, longer])  # 49 s: more than one Whisper window
+    decoded = tiny.transcribe_utterance(longest)
+    reference = " ".join(transcripts[n] for n in LIBRIVOX)
+    assert wer(f"{reference} {reference}", decoded.text) < 0.2
