@@ -13,14 +13,17 @@ import structlog
 from asrhub_plugins.file_transcription.service import FileService
 from asrhub_plugins.file_transcription.session import ConnState, FileSession
 
+from asrhub.executor import InferenceExecutor, Priority
 from asrhub.testing import make_hub, wer
 
 from .conftest import (
     ENGINES,
+    OTHER,
     READER,
     chunk_msg,
     clip,
     data_msg,
+    joined,
     md5,
     msg,
     reference,
@@ -236,5 +239,36 @@ async def test_without_a_speaker_engine_the_file_has_one_speaker(tmp_path):
         assert any(e["event"] == "file_diarization_unavailable" and e["log_level"] == "warning"
                    for e in logs)
         assert wer(reference(READER[3]), result["text"]) <= 0.25
+    finally:
+        await close_service(svc)
+
+
+async def test_file_pieces_run_at_batch_priority_and_let_live_calls_in(tmp_path):
+    """One inference worker: a live call submitted while a long file is being transcribed runs
+    between two of the file's pieces, not after the whole file."""
+    calls: list[tuple[str | None, Priority]] = []
+    svc = await make_service(tmp_path / "state", ENGINES)
+    await svc.hub.executor.shutdown(1.0)
+    svc.hub.executor = InferenceExecutor(1, 64, 30.0, on_done=lambda engine, priority, *_: calls.append(
+        (engine, priority)))
+    try:
+        data = write_wav(tmp_path / "long.wav", joined([*READER, *OTHER, *READER], gap_s=0.5)).read_bytes()
+        c = Client(svc)
+        task_id = only(await c.say(upload_request(data, "long.wav")), "upload_ready")["task_id"]
+        await c.say(data_msg(task_id, data))
+        while True:
+            progress = await c.wait_for("task_progress")
+            if progress["data"]["progress"] > 15.0:  # the first piece is transcribed
+                break
+        live = await svc.hub.executor.run(lambda: "live", priority=Priority.LIVE, engine="live-test")
+        assert live == "live"
+        await c.wait_for("task_complete")
+        whisper = [i for i, (engine, _) in enumerate(calls) if engine == "whisper"]
+        assert len(whisper) >= 3, calls  # the file went to the engine in pieces
+        assert all(calls[i][1] is Priority.BATCH for i in whisper)
+        assert all(priority is Priority.BATCH for engine, priority in calls
+                   if engine in ("silero", "resemblyzer"))
+        live_at = calls.index(("live-test", Priority.LIVE))
+        assert whisper[0] < live_at < whisper[-1], calls
     finally:
         await close_service(svc)
