@@ -40,6 +40,7 @@ DECODE_END, VAD_END, DIARIZE_END = 5.0, 8.0, 15.0
 VAD_WINDOW_S = 300.0  # speech_regions in 5-minute calls: a long file never holds a worker long
 EMBED_BATCH_S = 30.0  # audio seconds of speaker embeddings per executor call
 MIN_EMBED_S = 1.0  # shorter segments take the speaker of their nearest neighbour
+MAX_EMBED_S = 8.0  # of a longer one only the middle is embedded (enough for a voice)
 
 Report = Callable[[float, str], None]  # (overall percent, stage message), called on the loop
 
@@ -52,10 +53,12 @@ class Piece:
 
 
 def plan_pieces(regions: list[tuple[int, int]], total: int, *, max_len: int,
-                speakers: list[int] | None = None, pad: int = int(0.2 * SAMPLE_RATE)) -> list[Piece]:
+                speakers: list[int] | None = None, pad: int = int(0.2 * SAMPLE_RATE),
+                split: Callable[[int, int], int] | None = None) -> list[Piece]:
     """Merge consecutive speech regions (padded) into pieces of at most ``max_len`` samples,
-    never across a change of speaker; a region longer than ``max_len`` is cut into windows.
-    Silence between pieces is skipped."""
+    never across a change of speaker. A region longer than ``max_len`` is cut where
+    ``split(lo, hi)`` says (a sample in [lo, hi], the last third of the allowed length), or
+    hard at ``max_len``. Silence between pieces is skipped."""
     pieces: list[Piece] = []
     current: list[int] | None = None  # start, end, speaker (-1: unknown)
     order = sorted(range(len(regions)), key=lambda i: regions[i])
@@ -73,8 +76,11 @@ def plan_pieces(regions: list[tuple[int, int]], total: int, *, max_len: int,
         if current is not None:
             pieces.append(_piece(current))
         while end - start > max_len:
-            pieces.append(_piece([start, start + max_len, label]))
-            start += max_len
+            cut = start + max_len
+            if split is not None:
+                cut = min(max(split(start + max_len * 2 // 3, cut), start + 1), cut)
+            pieces.append(_piece([start, cut, label]))
+            start = cut
         current = [start, end, label]
     if current is not None and current[1] > current[0]:
         pieces.append(_piece(current))
@@ -83,6 +89,16 @@ def plan_pieces(regions: list[tuple[int, int]], total: int, *, max_len: int,
 
 def _piece(values: list[int]) -> Piece:
     return Piece(values[0], values[1], values[2] if values[2] >= 0 else None)
+
+
+def quiet_point(audio: Audio, lo: int, hi: int, frame: int = SAMPLE_RATE // 10) -> int:
+    """The middle of the quietest 100 ms of ``audio[lo:hi]``: where to cut a long region so
+    that no word is split (or as few as possible)."""
+    count = (hi - lo) // frame
+    if count < 1:
+        return hi
+    frames = audio[lo:lo + count * frame].reshape(count, frame)
+    return lo + int(np.argmin(np.mean(frames * frames, axis=1))) * frame + frame // 2
 
 
 def fixed_pieces(total: int, max_len: int) -> list[Piece]:
@@ -178,7 +194,8 @@ class FileTranscriber:
                 report(VAD_END, "正在识别说话人...")
                 spans = [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in regions]
                 speakers = await self._speakers(audio, spans, report, VAD_END, DIARIZE_END)
-            pieces = plan_pieces(regions, len(audio), max_len=max_len, speakers=speakers)
+            pieces = plan_pieces(regions, len(audio), max_len=max_len, speakers=speakers,
+                                 split=lambda lo, hi: quiet_point(audio, lo, hi))
         report(DIARIZE_END, "正在转录音频...")
         segments, language = await self._transcribe_pieces(audio, pieces, report)
         if regions is None and self.settings.diarization and segments:
@@ -261,9 +278,13 @@ class FileTranscriber:
             return None
         wanted = [i for i, (a, b) in enumerate(spans) if b - a >= MIN_EMBED_S]
 
+        def middle(i: int) -> tuple[int, int]:
+            start, end = spans[i]
+            trim = max(0.0, (end - start - MAX_EMBED_S) / 2)
+            return int((start + trim) * SAMPLE_RATE), int((end - trim) * SAMPLE_RATE)
+
         def embed_many(indices: list[int]) -> list[np.ndarray]:
-            return [np.asarray(speaker.embed(audio[int(spans[i][0] * SAMPLE_RATE):
-                                                   int(spans[i][1] * SAMPLE_RATE)]), dtype=np.float32)
+            return [np.asarray(speaker.embed(audio[slice(*middle(i))]), dtype=np.float32)
                     for i in indices]
 
         embeddings: dict[int, np.ndarray] = {}
@@ -274,7 +295,7 @@ class FileTranscriber:
                 batches.append([])
                 seconds = 0.0
             batches[-1].append(i)
-            seconds += spans[i][1] - spans[i][0]
+            seconds += min(MAX_EMBED_S, spans[i][1] - spans[i][0])
         try:
             for batch in batches:
                 if not batch:

@@ -26,8 +26,11 @@ class FileTranscriptionSettings:
     # ASR engine for files ("" = [engines] asr) and language ("" = the engine's setting).
     asr_engine: str = ""
     language: str = ""
-    # Longest audio handed to the engine in one executor call.
-    piece_seconds: float = 30.0
+    # Longest audio handed to the ASR engine in one executor call (speech regions of one
+    # speaker merged up to this; longer regions cut at their quietest point). 20 s keeps each
+    # call short and, with the Whisper engine, on its single-window path: as fast as
+    # transcribing the whole file (bench/hub_overhead.md).
+    piece_seconds: float = 20.0
     # A chunked upload untouched this long is dropped (its chunks deleted).
     upload_ttl_hours: float = 24.0
     # A task whose process died this many times while transcribing it is marked failed.

@@ -13,6 +13,7 @@ from asrhub_plugins.file_transcription.pipeline import (
     fixed_pieces,
     join_text,
     plan_pieces,
+    quiet_point,
     render_result,
 )
 from asrhub_plugins.file_transcription.store import TaskStore, file_md5, write_chunk
@@ -35,6 +36,17 @@ def test_long_region_is_cut_and_speaker_change_splits():
     pieces = plan_pieces(regions, 10 * S, max_len=30 * S, speakers=[0, 0, 1], pad=S // 2)
     assert [(p.start, p.end, p.speaker) for p in pieces] == [(0, int(5.5 * S), 0), (int(5.5 * S), int(8.5 * S), 1)]
     assert fixed_pieces(65 * S, 30 * S)[-1] == Piece(60 * S, 65 * S)
+
+
+def test_long_regions_are_cut_at_their_quietest_point():
+    rng = np.random.default_rng(1)
+    audio = (rng.standard_normal(40 * S) * 0.1).astype(np.float32)
+    audio[int(17.3 * S):int(17.5 * S)] *= 0.01  # a short pause late in the allowed 20 s
+    assert abs(quiet_point(audio, 13 * S, 20 * S) - int(17.4 * S)) <= S // 10
+    pieces = plan_pieces([(0, 40 * S)], 40 * S, max_len=20 * S, pad=0,
+                         split=lambda lo, hi: quiet_point(audio, lo, hi))
+    assert abs(pieces[0].end - int(17.4 * S)) <= S // 10 and pieces[1].start == pieces[0].end
+    assert pieces[-1].end == 40 * S and all(p.end - p.start <= 20 * S for p in pieces)
 
 
 def test_join_text_spaces_words_not_cjk():
