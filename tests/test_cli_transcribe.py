@@ -53,14 +53,15 @@ def test_default_model_mandarin_gives_simplified_chinese(testdata, shared_state)
 
 
 def test_every_output_format(testdata, shared_state):
-    clip = testdata / "en/pocketsphinx_librivox_ss01_0880.wav"
+    name = "en/pocketsphinx_librivox_ss01_0890.wav"
+    clip = testdata / name
     tiny = '[engines.whisper]\nmodel = "tiny.en"\n'
     text = run(["transcribe", str(clip), "--format", "text"], shared_state, tiny)
     assert text.returncode == 0, text.stderr
-    assert wer("he was not an ill disposed young man", text.stdout) <= 0.2
+    assert wer(manifest()[name]["transcript"], text.stdout) <= 0.25, text.stdout
     data = json.loads(run(["transcribe", str(clip), "--format", "json"], shared_state, tiny).stdout)
     assert set(data) >= {"text", "language", "duration", "segments"}
-    assert abs(data["duration"] - 2.99) < 0.05
+    assert abs(data["duration"] - float(manifest()[name]["duration_s"])) < 0.05
     assert data["segments"] and {"start", "end", "text"} <= set(data["segments"][0])
     srt = run(["transcribe", str(clip), "--format", "srt"], shared_state, tiny).stdout
     assert srt.startswith("1\n00:00:0") and " --> " in srt
