@@ -102,7 +102,7 @@ def default_config_document() -> dict:
 
     doc: dict = {"server": values(ServerConfig), "executor": values(ExecutorConfig),
                  "engines": {kind: hub.engine_name(kind) for kind in hub.engine_specs}}  # type: ignore[arg-type]
-    for kind, specs in hub.engine_specs.items():
+    for specs in hub.engine_specs.values():
         for name, spec in specs.items():
             section = values(spec.settings_class)
             if section:

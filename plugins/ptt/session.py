@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ from asrhub.audio import AudioError, b64_pcm16_to_float
 from asrhub.engine import SAMPLE_RATE, ASRStream, Audio, Hypothesis
 from asrhub.executor import ExecutorBusy, ExecutorClosed, InferenceExecutor, Priority
 from asrhub.streaming import BacklogFull, StreamPump
+from asrhub.text import join_texts
 
 from . import messages as m
 from .settings import PTTSettings
@@ -88,23 +88,6 @@ class _ReportingStream:
 
     def reset(self) -> None:
         self.inner.reset()
-
-
-def _is_cjk(char: str) -> bool:
-    return unicodedata.east_asian_width(char) in ("W", "F")
-
-
-def join_texts(parts: list[str]) -> str:
-    """Utterance texts → one text: a space between words, none between CJK characters."""
-    out = ""
-    for part in parts:
-        part = part.strip()
-        if not part:
-            continue
-        if out and not (_is_cjk(out[-1]) and _is_cjk(part[0])):
-            out += " "
-        out += part
-    return out
 
 
 class PTTSession:

@@ -134,22 +134,3 @@ def describe_non_audio(data: bytes | bytearray | memoryview) -> str | None:
     if len(data) >= 64 and not bytes(data).translate(None, _PRINTABLE):
         return "text" if not head.lstrip().startswith((b"{", b"[")) else "JSON (send commands as text frames)"
     return None
-
-
-def join_texts(parts: list[str]) -> str:
-    """Join utterance texts: a space between words, none between Chinese/Japanese sentences."""
-    out = ""
-    for part in parts:
-        part = part.strip()
-        if not part:
-            continue
-        if out and not (_is_cjk(out[-1]) or _is_cjk(part[0])):
-            out += " "
-        out += part
-    return out
-
-
-def _is_cjk(ch: str) -> bool:
-    code = ord(ch)
-    return (0x2E80 <= code <= 0x9FFF or 0xF900 <= code <= 0xFAFF or 0xFF00 <= code <= 0xFFEF
-            or 0x3000 <= code <= 0x303F)

@@ -48,6 +48,7 @@ from asrhub.container_stream import ContainerStream, sniff_container
 from asrhub.engine import SAMPLE_RATE, ASRStream, Audio, Hypothesis
 from asrhub.executor import ExecutorBusy, InferenceExecutor
 from asrhub.streaming import BacklogFull, StreamPump
+from asrhub.text import join_texts
 
 from . import messages as m
 from .settings import StreamingSTTSettings
@@ -122,7 +123,7 @@ class StreamingSession:
 
     def text(self) -> str:
         """Finished utterances, then the guess for the one in progress."""
-        return m.join_texts([*self._finished, self._current])
+        return join_texts([*self._finished, self._current])
 
     async def on_text(self, text: str) -> None:
         try:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from asrhub_plugins.ptt.session import PTTSession, State, join_texts
+from asrhub_plugins.ptt.session import PTTSession, State
 from asrhub_plugins.ptt.settings import PTTSettings
 from asrhub_plugins.ptt.stats import PTTStats
 
@@ -271,10 +271,6 @@ async def test_close_while_recording_abandons_quietly(harness):
     assert all(s["mode"] == "partial" for s in h.sent)
     assert h.stats.utterances_active == 0
 
-
-def test_join_texts_spaces_words_but_not_cjk():
-    assert join_texts(["hello world", " again ", ""]) == "hello world again"
-    assert join_texts(["欢迎大家", "来体验。", "OK"]) == "欢迎大家来体验。 OK"
 
 
 

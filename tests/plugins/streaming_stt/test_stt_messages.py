@@ -52,10 +52,3 @@ def test_non_audio_frames_are_recognised_and_pcm_is_not() -> None:
         assert m.describe_non_audio(pcm.tobytes()) is None
     assert m.describe_non_audio(np.zeros(1024, "<i2").tobytes()) is None
     assert m.describe_non_audio(b"ab") is None  # too short to tell
-
-
-def test_join_texts() -> None:
-    assert m.join_texts(["Hello there.", " How are you", ""]) == "Hello there. How are you"
-    assert m.join_texts(["你好。", "今天天气很好"]) == "你好。今天天气很好"
-    assert m.join_texts(["OK", "好的"]) == "OK好的"
-    assert m.join_texts([]) == ""
