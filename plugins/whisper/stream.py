@@ -192,9 +192,15 @@ class WhisperStream:
             out = self._finalize(cut)
             self._utterance = _Utterance(start=cut, since=cut)
             return out
-        if self._pause_decode_due(utterance):
-            return self._partial(utterance)
         new_audio = self._clock - utterance.since
+        quiet_since = getattr(self._vad, "silence_since", None)
+        if quiet_since is not None:
+            # A pause: decode once it has lasted PAUSE_TRIGGER (that decode is likely the
+            # final), not for the partial timer a moment before (unless the "pause" drags on).
+            if self._pause_decode_due(utterance, quiet_since):
+                return self._partial(utterance)
+            if new_audio < 2 * self._interval:
+                return []
         if not self._partials or new_audio < self._interval:
             return []
         if self._engine.busy and new_audio < OVERDUE_INTERVALS * self._interval:
@@ -202,10 +208,7 @@ class WhisperStream:
             return []
         return self._partial(utterance)
 
-    def _pause_decode_due(self, utterance: _Utterance) -> bool:
-        quiet_since = getattr(self._vad, "silence_since", None)
-        if quiet_since is None:
-            return False
+    def _pause_decode_due(self, utterance: _Utterance, quiet_since: int) -> bool:
         quiet_since += self._vad_offset
         if quiet_since <= utterance.start or self._clock - quiet_since < max(PAUSE_TRIGGER, self._pad):
             return False
