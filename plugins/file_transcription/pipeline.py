@@ -27,7 +27,7 @@ import numpy as np
 import structlog
 
 from asrhub.audio import decode_file
-from asrhub.engine import SAMPLE_RATE, Audio, Segment, Transcript
+from asrhub.engine import SAMPLE_RATE, Audio, EngineError, Segment, Transcript
 from asrhub.executor import Priority
 from asrhub.formats import to_srt
 
@@ -283,9 +283,14 @@ class FileTranscriber:
             trim = max(0.0, (end - start - MAX_EMBED_S) / 2)
             return int((start + trim) * SAMPLE_RATE), int((end - trim) * SAMPLE_RATE)
 
-        def embed_many(indices: list[int]) -> list[np.ndarray]:
-            return [np.asarray(speaker.embed(audio[slice(*middle(i))]), dtype=np.float32)
-                    for i in indices]
+        def embed_many(indices: list[int]) -> list[np.ndarray | None]:
+            out: list[np.ndarray | None] = []
+            for i in indices:
+                try:
+                    out.append(np.asarray(speaker.embed(audio[slice(*middle(i))]), dtype=np.float32))
+                except EngineError:  # too little speech in this span: its neighbours decide
+                    out.append(None)
+            return out
 
         embeddings: dict[int, np.ndarray] = {}
         batches: list[list[int]] = [[]]
@@ -301,7 +306,7 @@ class FileTranscriber:
                 if not batch:
                     continue
                 found = await self._run(embed_many, batch, engine=getattr(speaker, "name", None))
-                embeddings.update(zip(batch, found, strict=True))
+                embeddings.update((i, e) for i, e in zip(batch, found, strict=True) if e is not None)
                 report(low + len(embeddings) / len(wanted) * (high - low), "正在识别说话人...")
         except Exception as exc:  # noqa: BLE001 - a failing speaker engine must not fail the task
             log.warning("file_diarization_failed", error=str(exc), fallback="one speaker")
@@ -309,9 +314,14 @@ class FileTranscriber:
         labels: list[int | None] = [None] * len(spans)
         if embeddings:
             order = sorted(embeddings)
-            found_labels = cluster(np.stack([embeddings[i] for i in order]),
-                                   threshold=self.settings.speaker_threshold,
-                                   max_speakers=self.settings.max_speakers)
+            try:
+                found_labels = cluster(np.stack([embeddings[i] for i in order]),
+                                       threshold=self.settings.speaker_threshold,
+                                       max_speakers=self.settings.max_speakers)
+            except ImportError as exc:  # scipy comes with the "speaker" extra
+                self._warn_once("scipy", "file_diarization_unavailable", error=str(exc),
+                                fallback="one speaker")
+                return None
             for i, label in zip(order, found_labels, strict=True):
                 labels[i] = label
         result = fill_unlabelled(spans, labels)

@@ -425,7 +425,7 @@ class FileService:
         except AudioError as exc:
             self._fail(task, m.INVALID_FILE_TYPE, f"{task.file_name}: {exc}")
         except Exception as exc:  # noqa: BLE001 - reported to the client, logged with traceback
-            log.exception("file_task_failed", task_id=task_id)
+            log.exception("file_task_error", task_id=task_id)
             self._fail(task, m.TRANSCRIPTION_FAILED, f"{exc.__class__.__name__}: {exc}")
         else:
             self._complete(task, result, duration, time.perf_counter() - started)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_asyncio
 import structlog
@@ -272,3 +273,13 @@ async def test_file_pieces_run_at_batch_priority_and_let_live_calls_in(tmp_path)
         assert whisper[0] < live_at < whisper[-1], calls
     finally:
         await close_service(svc)
+
+
+async def test_a_span_without_speech_takes_a_neighbours_speaker(service):
+    first, second = clip(READER[0]), clip(OTHER[0])
+    pause = np.zeros(int(1.5 * 16000), dtype=np.float32)  # nothing the speaker engine can embed
+    audio = np.concatenate([first, pause, second])
+    edges = np.cumsum([0, len(first), len(pause), len(second)]) / 16000
+    spans = [(float(edges[i]), float(edges[i + 1])) for i in range(3)]
+    labels = await service.transcriber._speakers(audio, spans, lambda *_: None, 0.0, 0.0)
+    assert labels is not None and labels[0] != labels[2] and labels[1] in (labels[0], labels[2])
