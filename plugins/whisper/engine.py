@@ -50,6 +50,7 @@ from asrhub.engine import (
     VADStream,
     Word,
 )
+from asrhub.text import join_texts
 
 if TYPE_CHECKING:
     from asrhub_plugins.whisper.stream import WhisperStream
@@ -64,7 +65,6 @@ WINDOW_STEP = 500
 MAX_SAMPLES = FULL_WINDOW * HOP
 MAX_NEW_TOKENS = 224
 SHORT_CLIP_S = 20.0
-NO_SPACE_LANGUAGES = {"zh", "ja", "th", "lo", "my", "km", "bo", "yue"}
 # faster-whisper's defaults for dropping silence and detecting loops.
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
@@ -116,11 +116,6 @@ def _repeats_itself(tokens: list[int], max_gram: int = 8) -> bool:
                 if copies >= needed:
                     return True
     return False
-
-
-def join_texts(texts: list[str], language: str | None) -> str:
-    texts = [t.strip() for t in texts if t.strip()]
-    return ("" if language in NO_SPACE_LANGUAGES else " ").join(texts)
 
 
 class WhisperEngine:
@@ -348,8 +343,7 @@ class WhisperEngine:
                     progress(min(1.0, piece.end / duration))
         if progress is not None:
             progress(1.0)
-        return Transcript(join_texts([s.text for s in segments], info.language), info.language,
-                          duration, segments)
+        return Transcript(join_texts([s.text for s in segments]), info.language, duration, segments)
 
     # ------------------------------------------------------------------ streaming
 
