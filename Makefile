@@ -9,7 +9,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.asrhub-installed
 
-.PHONY: install serve test lint system-deps clean
+.PHONY: install serve test lint system-deps clean example-config
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,3 +46,8 @@ test: install system-deps lint
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Regenerate systemd/asrhub.toml's settings from the installed plugins (keeps its header).
+example-config: install
+	{ sed -n '1,/^$$/p' systemd/asrhub.toml; $(VENV)/bin/asrhub default-config | sed '1,3d'; } > systemd/asrhub.toml.new
+	mv systemd/asrhub.toml.new systemd/asrhub.toml

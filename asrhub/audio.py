@@ -122,18 +122,54 @@ def decode_file(path: str | Path) -> Audio:
     return _finite(audio)
 
 
-def _decode_with_av(fileobj: io.IOBase, name: str | None) -> Audio:
+def _open_av(source: io.IOBase | str, name: str | None):  # -> (container, audio stream)
     import av  # imported lazily: FFmpeg's libraries are large
 
     try:
-        container = av.open(fileobj, mode="r")
+        container = av.open(source, mode="r")
     except (av.error.FFmpegError, ValueError, UnicodeDecodeError) as exc:
         raise AudioError(f"{name or 'data'}: not a decodable audio file ({exc.__class__.__name__})",
                          "undecodable") from None
+    if not container.streams.audio:
+        container.close()
+        raise AudioError(f"{name or 'data'}: the file has no audio stream", "no_audio_stream")
+    return container, container.streams.audio[0]
+
+
+def probe_duration(path: str | Path) -> float | None:
+    """Seconds of audio in a file without decoding it all (None when the container does not
+    say); :class:`AudioError` when it is not decodable audio. Reads headers and one frame."""
+    import av
+
+    path = Path(path)
     try:
-        if not container.streams.audio:
-            raise AudioError(f"{name or 'data'}: the file has no audio stream", "no_audio_stream")
-        stream = container.streams.audio[0]
+        info = sf.info(str(path))
+    except Exception:  # noqa: BLE001 - not a libsndfile format: ask FFmpeg
+        pass
+    else:
+        if info.frames > 0 and info.samplerate > 0:
+            return info.frames / info.samplerate
+    container, stream = _open_av(str(path), path.name)
+    try:
+        try:
+            next(iter(container.decode(stream)))
+        except (av.error.FFmpegError, StopIteration, ValueError) as exc:
+            raise AudioError(f"{path.name}: the audio stream cannot be decoded "
+                             f"({exc.__class__.__name__})", "undecodable") from None
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        if container.duration:
+            return container.duration / 1_000_000  # av.time_base
+        return None
+    finally:
+        container.close()
+
+
+def _decode_with_av(fileobj: io.IOBase, name: str | None) -> Audio:
+    import av
+
+    container, stream = _open_av(fileobj, name)
+    try:
         rate = stream.codec_context.sample_rate or SAMPLE_RATE
         # FFmpeg only downmixes; the rate conversion is soxr's, like every other path.
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)

@@ -36,6 +36,9 @@ class ServerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     allowed_origins: list[str] = field(default_factory=list)
+    # How long a worker thread may hold the GIL before the event loop gets a turn (Python's
+    # default is 5 ms; inference threads running Python code then delay the loop by that much).
+    gil_switch_interval_ms: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class ExecutorConfig:
     busy_timeout: float = 30.0
     # Per-engine limit of calls running at once (0 = as many as workers).
     engine_concurrency: dict[str, int] = field(default_factory=dict)
+    # Scheduling priority of inference threads relative to the event loop (Linux nice, 0-19).
+    worker_nice: int = 5
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,15 @@ class VADEvent:
 
 @runtime_checkable
 class VADStream(Protocol):
+    """Per-session VAD state. Sample offsets count from the stream's start, and from 0 again
+    after :meth:`reset`.
+
+    Optional attributes a stream may expose (consumers use ``getattr`` and cope without):
+    ``silence_since`` — the sample where the current pause inside a speech region began (None
+    while speech continues), so an ASR stream can decode an utterance before its end is
+    confirmed; ``speech_pad`` — samples of padding the VAD adds around speech.
+    """
+
     def accept(self, pcm: Audio) -> list[VADEvent]: ...
 
     def finish(self) -> list[VADEvent]:

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextvars
 import enum
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -83,7 +84,9 @@ class InferenceExecutor:
         busy_timeout: float = 30.0,
         engine_limits: dict[str, int] | None = None,
         on_done: Callable[[str | None, Priority, float, float, bool], None] | None = None,
+        worker_nice: int = 0,
     ) -> None:
+        self.worker_nice = worker_nice
         self.workers = workers
         self.max_pending = max_pending
         self.busy_timeout = busy_timeout
@@ -125,7 +128,9 @@ class InferenceExecutor:
             self._room = asyncio.Semaphore(self.max_pending)
         wait = self.busy_timeout if timeout is None else timeout
         try:
-            await asyncio.wait_for(self._room.acquire(), wait)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(wait):
+                await self._room.acquire()
         except TimeoutError:
             self._rejected += 1
             raise ExecutorBusy(
@@ -203,6 +208,14 @@ class InferenceExecutor:
         return None
 
     def _worker(self) -> None:
+        if self.worker_nice:
+            # Linux schedules threads as tasks: a positive nice value on the worker (inherited by
+            # the thread pools that engines start from it) lets the event loop's thread win the
+            # CPU whenever it wakes, which keeps loop lag low while both cores decode.
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.worker_nice)
+            except (OSError, AttributeError):
+                pass
         while True:
             with self._cond:
                 job = self._take()

@@ -256,7 +256,8 @@ class Hub:
         cfg = self.config.executor
         on_done = self.metrics.observe_inference if self.metrics is not None else None
         self.executor = InferenceExecutor(cfg.workers, cfg.max_pending, cfg.busy_timeout,
-                                          dict(cfg.engine_concurrency), on_done=on_done)
+                                          dict(cfg.engine_concurrency), on_done=on_done,
+                                          worker_nice=cfg.worker_nice)
         return self.executor
 
     async def preload(self) -> None:

@@ -13,6 +13,7 @@ import hmac
 import json
 import signal
 import ssl
+import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -130,6 +131,8 @@ class Server:
 
     async def start(self, *, preload: bool | None = None) -> None:
         hub = self.hub
+        if hub.config.server.gil_switch_interval_ms > 0:
+            sys.setswitchinterval(hub.config.server.gil_switch_interval_ms / 1000)
         hub.metrics = Metrics(hub)
         hub.make_executor()
         self.lag = LoopLagMonitor(on_sample=hub.metrics.loop_lag.observe)

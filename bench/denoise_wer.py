@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from asrhub_plugins.denoise.quality import mix_at_snr, si_sdr
 
 from asrhub.audio import decode_file
 from asrhub.engine import SAMPLE_RATE, Denoiser
 from asrhub.testing import make_hub, manifest, testdata_dir, wer
+from asrhub_plugins.denoise.quality import mix_at_snr, si_sdr
 
 CLIPS = [  # human references (NOTES.tsv), one LibriVox reader and Harvard/CMU sentences
     "en/pocketsphinx_librivox_ss01_0870.wav",

@@ -115,11 +115,11 @@ Once = Any  # file dict -> (decode seconds, ASR seconds, text)
 
 
 def load_bare(model: str) -> tuple[float, Once]:
-    from asrhub_plugins.whisper.models import resolve_model
-    from asrhub_plugins.whisper.settings import WhisperSettings
     from faster_whisper import WhisperModel, decode_audio
 
     from asrhub.config import parse_config
+    from asrhub_plugins.whisper.models import resolve_model
+    from asrhub_plugins.whisper.settings import WhisperSettings
 
     # The hub engine's settings, passed to faster-whisper by hand.
     settings = WhisperSettings(model=model, language="en")

@@ -165,7 +165,7 @@ async def exercise(ports: dict[str, int], pcm: np.ndarray, wav: Path) -> dict[st
             "session_broadcast": lambda: broadcast(ports["session_broadcast"], pcm)}
     names = [n for n in jobs if n in ports]
     results = await asyncio.gather(*(jobs[n]() for n in names))
-    return dict(zip(names, results))
+    return dict(zip(names, results, strict=True))
 
 
 def run(enabled: list[str], model: str, pcm: np.ndarray, wav: Path) -> dict:

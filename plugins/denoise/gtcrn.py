@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from asrhub_plugins.denoise.common import EMPTY, Aligner, as_mono, concat, denoise_with_stream
 
 from asrhub.engine import Audio, EngineError, ModelNotAvailable
+from asrhub_plugins.denoise.common import EMPTY, Aligner, as_mono, concat, denoise_with_stream
 
 N_FFT = 512
 HOP = 256

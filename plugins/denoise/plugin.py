@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from asrhub_plugins.denoise.gtcrn import GTCRNSettings
-from asrhub_plugins.denoise.rnnoise import RNNoiseSettings
-
 from asrhub.hookspecs import hookimpl
 from asrhub.specs import EngineSpec
+from asrhub_plugins.denoise.gtcrn import GTCRNSettings
+from asrhub_plugins.denoise.rnnoise import RNNoiseSettings
 
 if TYPE_CHECKING:
     from asrhub.hub import Hub

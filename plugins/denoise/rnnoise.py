@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from asrhub_plugins.denoise.common import EMPTY, Aligner, as_mono, denoise_with_stream
 
 from asrhub.engine import SAMPLE_RATE, Audio, EngineError
+from asrhub_plugins.denoise.common import EMPTY, Aligner, as_mono, denoise_with_stream
 
 MODEL_RATE = 48000
 FRAME = 480  # samples at 48 kHz: RNNoise's fixed 10 ms frame

@@ -16,7 +16,6 @@ Progress from the engine (a worker thread) hops to the loop with ``loop.call_soo
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from asrhub.audio import decode_file
 from asrhub.engine import SAMPLE_RATE, Audio, EngineError, Segment, Transcript
 from asrhub.executor import Priority
 from asrhub.formats import to_srt
+from asrhub.text import join_texts
 
 from .diarize import cluster, fill_unlabelled
 
@@ -105,21 +105,6 @@ def fixed_pieces(total: int, max_len: int) -> list[Piece]:
     return [Piece(start, min(total, start + max_len)) for start in range(0, total, max_len)]
 
 
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff00-\uffef\u3000-\u303f]")
-
-
-def join_text(parts: list[str]) -> str:
-    """Join segment texts: a space between words, none between two CJK characters."""
-    out = ""
-    for part in (p.strip() for p in parts):
-        if not part:
-            continue
-        if out and not (_CJK.match(out[-1]) and _CJK.match(part[0])):
-            out += " "
-        out += part
-    return out
-
-
 def speaker_name(index: int) -> str:
     return f"说话人{index + 1}"
 
@@ -135,7 +120,7 @@ def build_result(segments: list[Segment], duration: float, language: str | None)
                      "end": round(seg.end, 3), "speaker": speaker})
     ordered = sorted(speakers, key=lambda s: int(s.rsplit("_", 1)[-1]))
     return {
-        "text": join_text([seg.text for seg in segments]),
+        "text": join_texts([seg.text for seg in segments]),
         "segments": rows,
         "speakers": [{"id": sid, "name": speaker_name(int(sid.rsplit("_", 1)[-1])),
                       "segments": speakers[sid]} for sid in ordered],

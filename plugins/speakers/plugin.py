@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from asrhub.hookspecs import hookimpl
+from asrhub.specs import EngineSpec
 from asrhub_plugins.speakers.campplus import CampPlusSettings
 from asrhub_plugins.speakers.resemblyzer_engine import ResemblyzerSettings
 from asrhub_plugins.speakers.store import JsonStoreSettings
-
-from asrhub.hookspecs import hookimpl
-from asrhub.specs import EngineSpec
 
 if TYPE_CHECKING:
     from asrhub.hub import Hub

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from asrhub_plugins.vad.silero import SileroSettings
-
 from asrhub.hookspecs import hookimpl
 from asrhub.specs import EngineSpec
+from asrhub_plugins.vad.silero import SileroSettings
 
 if TYPE_CHECKING:
-    from asrhub_plugins.vad.silero import SileroVAD
-
     from asrhub.hub import Hub
+    from asrhub_plugins.vad.silero import SileroVAD
 
 
 def _load(settings: SileroSettings, hub: Hub) -> SileroVAD:

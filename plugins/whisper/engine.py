@@ -36,9 +36,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
-from asrhub_plugins.whisper.models import resolve_model
-from asrhub_plugins.whisper.settings import WhisperSettings
-from asrhub_plugins.whisper.text import ChineseScript, normalise_language
 
 from asrhub.engine import (
     SAMPLE_RATE,
@@ -51,6 +48,9 @@ from asrhub.engine import (
     Word,
 )
 from asrhub.text import join_texts
+from asrhub_plugins.whisper.models import resolve_model
+from asrhub_plugins.whisper.settings import WhisperSettings
+from asrhub_plugins.whisper.text import ChineseScript, normalise_language
 
 if TYPE_CHECKING:
     from asrhub_plugins.whisper.stream import WhisperStream

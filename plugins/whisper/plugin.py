@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from asrhub_plugins.whisper.settings import WhisperSettings
-
 from asrhub.hookspecs import hookimpl
 from asrhub.specs import EngineSpec
+from asrhub_plugins.whisper.settings import WhisperSettings
 
 if TYPE_CHECKING:
-    from asrhub_plugins.whisper.engine import WhisperEngine
-
     from asrhub.engine import VADEngine
     from asrhub.hub import Hub
+    from asrhub_plugins.whisper.engine import WhisperEngine
 
 
 def _load(settings: WhisperSettings, hub: Hub | None) -> WhisperEngine:

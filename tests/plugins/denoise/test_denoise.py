@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from asrhub_plugins.denoise.gtcrn import GTCRNDenoiser, GTCRNSettings
-from asrhub_plugins.denoise.quality import mix_at_snr, si_sdr
-from asrhub_plugins.denoise.rnnoise import RNNoiseDenoiser, RNNoiseSettings
 
 from asrhub.config import ConfigError
 from asrhub.engine import SAMPLE_RATE, Denoiser, DenoiseStream, ModelNotAvailable
 from asrhub.testing import make_hub
+from asrhub_plugins.denoise.gtcrn import GTCRNDenoiser, GTCRNSettings
+from asrhub_plugins.denoise.quality import mix_at_snr, si_sdr
+from asrhub_plugins.denoise.rnnoise import RNNoiseDenoiser, RNNoiseSettings
 
 ENGINES = ["rnnoise", "gtcrn"]
 MAX_STREAM_LAG = {"rnnoise": 520, "gtcrn": 512}  # samples at 16 kHz

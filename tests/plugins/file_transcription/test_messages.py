@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+
 from asrhub_plugins.file_transcription import messages as m
 
 

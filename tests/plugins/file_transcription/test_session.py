@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import structlog
-from asrhub_plugins.file_transcription.service import FileService
-from asrhub_plugins.file_transcription.session import ConnState, FileSession
 
 from asrhub.executor import InferenceExecutor, Priority
 from asrhub.testing import make_hub, wer
+from asrhub_plugins.file_transcription.service import FileService
+from asrhub_plugins.file_transcription.session import ConnState, FileSession
 
 from .conftest import (
     ENGINES,

@@ -6,19 +6,18 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
+from asrhub.engine import Segment
 from asrhub_plugins.file_transcription.diarize import cluster, fill_unlabelled
 from asrhub_plugins.file_transcription.pipeline import (
     Piece,
     build_result,
     fixed_pieces,
-    join_text,
     plan_pieces,
     quiet_point,
     render_result,
 )
 from asrhub_plugins.file_transcription.store import TaskStore, file_md5, write_chunk
-
-from asrhub.engine import Segment
 
 S = 16000
 
@@ -48,11 +47,6 @@ def test_long_regions_are_cut_at_their_quietest_point():
     assert abs(pieces[0].end - int(17.4 * S)) <= S // 10 and pieces[1].start == pieces[0].end
     assert pieces[-1].end == 40 * S and all(p.end - p.start <= 20 * S for p in pieces)
 
-
-def test_join_text_spaces_words_not_cjk():
-    assert join_text([" Hello there.", "General Kenobi. "]) == "Hello there. General Kenobi."
-    assert join_text(["欢迎大家", "来体验"]) == "欢迎大家来体验"
-    assert join_text(["我说", "OK 好的"]) == "我说 OK 好的"
 
 
 def test_result_and_srt_have_the_seed_layout():

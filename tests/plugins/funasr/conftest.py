@@ -91,6 +91,7 @@ def _save_fresh_weights(directory: Path, adjust=None) -> None:
     """Build the network once through FunASR's own code and save its (random) weights, so
     loading the directory goes through the real checkpoint path."""
     import torch
+
     from asrhub_plugins.funasr.runtime import import_funasr, root_logging_kept
 
     torch.save({}, directory / "model.pt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from asrhub_plugins.ptt import messages as m
 
 

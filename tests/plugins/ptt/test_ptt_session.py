@@ -16,12 +16,12 @@ import time
 
 import numpy as np
 import pytest
-from asrhub_plugins.ptt.session import PTTSession, State
-from asrhub_plugins.ptt.settings import PTTSettings
-from asrhub_plugins.ptt.stats import PTTStats
 
 from asrhub.engine import Hypothesis
 from asrhub.executor import InferenceExecutor
+from asrhub_plugins.ptt.session import PTTSession, State
+from asrhub_plugins.ptt.settings import PTTSettings
+from asrhub_plugins.ptt.stats import PTTStats
 
 WORD = 8000  # samples per counted word (0.5 s)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from asrhub_plugins.session_broadcast import messages as m
 
 

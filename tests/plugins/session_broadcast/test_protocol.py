@@ -16,12 +16,12 @@ import pytest
 import pytest_asyncio
 import soundfile as sf
 import websockets
-from asrhub_plugins.session_broadcast.handler import REGISTRY_KEY
-from asrhub_plugins.session_broadcast.session import SessionRegistry
 
 from asrhub.engine import Voiceprint
 from asrhub.testing import make_hub, running_server, wer
 from asrhub.testing import testdata_dir as data_dir
+from asrhub_plugins.session_broadcast.handler import REGISTRY_KEY
+from asrhub_plugins.session_broadcast.session import SessionRegistry
 
 from .conftest import load_doc_client, quiet, received_results, write_wav
 

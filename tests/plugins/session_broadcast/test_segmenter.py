@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+
 from asrhub_plugins.session_broadcast.pipeline import Segmenter
 from asrhub_plugins.vad.silero import SileroVAD
 

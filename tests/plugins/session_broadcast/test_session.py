@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from asrhub_plugins.session_broadcast.messages import ErrorCode, ProtocolError
-from asrhub_plugins.session_broadcast.pipeline import Engines
-from asrhub_plugins.session_broadcast.session import BroadcastSession, SessionRegistry, State
-from asrhub_plugins.session_broadcast.settings import BroadcastSettings
 
 from asrhub.engine import ModelNotAvailable
 from asrhub.executor import InferenceExecutor
 from asrhub.testing import make_hub, wer
+from asrhub_plugins.session_broadcast.messages import ErrorCode, ProtocolError
+from asrhub_plugins.session_broadcast.pipeline import Engines
+from asrhub_plugins.session_broadcast.session import BroadcastSession, SessionRegistry, State
+from asrhub_plugins.session_broadcast.settings import BroadcastSettings
 
 FRAME = 3200  # the seed sender's chunk
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from asrhub_plugins.speakers.campplus import CampPlusSettings, resolve_model
-from asrhub_plugins.speakers.matching import EngineMismatch, Match, identify, verify
-from asrhub_plugins.speakers.resemblyzer_engine import CALIBRATED_THRESHOLD
-from asrhub_plugins.speakers.store import JsonVoiceprintStore
 
 from asrhub.audio import decode_file
 from asrhub.config import ConfigError
 from asrhub.engine import EngineError, ModelNotAvailable, SpeakerEngine, Voiceprint, cosine
 from asrhub.testing import make_hub
+from asrhub_plugins.speakers.campplus import CampPlusSettings, resolve_model
+from asrhub_plugins.speakers.matching import EngineMismatch, Match, identify, verify
+from asrhub_plugins.speakers.resemblyzer_engine import CALIBRATED_THRESHOLD
+from asrhub_plugins.speakers.store import JsonVoiceprintStore
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from asrhub_plugins.speakers.store import JsonVoiceprintStore, VoiceprintFileError
 
 from asrhub.engine import Voiceprint, VoiceprintStore
 from asrhub.testing import make_hub
+from asrhub_plugins.speakers.store import JsonVoiceprintStore, VoiceprintFileError
 
 
 def voiceprint(speaker_id: str, seed: int = 0, name: str | None = None, dim: int = 256) -> Voiceprint:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import stt_helpers as h
-from asrhub_plugins.streaming_stt import messages as m
 
 from asrhub.testing import make_hub, running_server, wer
+from asrhub_plugins.streaming_stt import messages as m
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PROTOCOL = "streaming_stt"

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from asrhub_plugins.streaming_stt import messages as m
 
 

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 import stt_helpers as h
-from asrhub_plugins.streaming_stt import messages as m
-from asrhub_plugins.streaming_stt.session import State, StreamingSession
-from asrhub_plugins.streaming_stt.settings import StreamingSTTSettings
 
 from asrhub.engine import Hypothesis
 from asrhub.executor import InferenceExecutor
+from asrhub_plugins.streaming_stt import messages as m
+from asrhub_plugins.streaming_stt.session import State, StreamingSession
+from asrhub_plugins.streaming_stt.settings import StreamingSTTSettings
 
 
 class ScriptedStream:

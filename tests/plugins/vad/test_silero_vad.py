@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from asrhub_plugins.vad.silero import WINDOW, SileroSettings, SileroVAD
 
 from asrhub.config import ConfigError
 from asrhub.engine import SAMPLE_RATE, VADEngine, VADEvent, VADStream
 from asrhub.testing import make_hub
+from asrhub_plugins.vad.silero import WINDOW, SileroSettings, SileroVAD
 
 
 def read16k(path: Path) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from asrhub_plugins.vad_stream import messages as msg
 from asrhub_plugins.vad_stream.messages import ErrorCode, ProtocolError, parse_command
 

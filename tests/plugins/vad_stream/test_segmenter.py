@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from asrhub.engine import VADEvent
 from asrhub_plugins.vad.silero import SileroSettings, SileroVAD
 from asrhub_plugins.vad_stream.quality import rms, segment_rejection, text_rejection
 from asrhub_plugins.vad_stream.segmenter import Segmenter, SpeechEnded, SpeechStarted
 from asrhub_plugins.vad_stream.settings import VadStreamSettings
-
-from asrhub.engine import VADEvent
 
 from .conftest import CLIP_GO, CLIP_NOT_ILL, samples
 

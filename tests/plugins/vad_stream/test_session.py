@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from asrhub_plugins.vad_stream.session import Mode, Services, VadStreamSession
-from asrhub_plugins.vad_stream.settings import VadStreamSettings
 
 from asrhub.hub import Hub
 from asrhub.testing import make_hub, wer
+from asrhub_plugins.vad_stream.session import Mode, Services, VadStreamSession
+from asrhub_plugins.vad_stream.settings import VadStreamSettings
 
 from .conftest import (
     CLIP_AMIABLE,

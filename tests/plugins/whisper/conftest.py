@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from asrhub_plugins.whisper.engine import WhisperEngine
-from asrhub_plugins.whisper.settings import WhisperSettings
 
 from asrhub.engine import SAMPLE_RATE
+from asrhub_plugins.whisper.engine import WhisperEngine
+from asrhub_plugins.whisper.settings import WhisperSettings
 
 _NUMBERS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five",
             "6": "six", "7": "seven", "8": "eight", "9": "nine", "10": "ten"}

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from asrhub_plugins.whisper.engine import WhisperEngine
-from asrhub_plugins.whisper.models import assemble_base, base_sources, resolve_model
-from asrhub_plugins.whisper.settings import WhisperSettings
 
 from asrhub.config import ConfigError
 from asrhub.engine import ASREngine, ModelNotAvailable
 from asrhub.testing import make_hub
+from asrhub_plugins.whisper.engine import WhisperEngine
+from asrhub_plugins.whisper.models import assemble_base, base_sources, resolve_model
+from asrhub_plugins.whisper.settings import WhisperSettings
 
 
 def test_base_is_assembled_into_the_state_dir_and_loads(base: WhisperEngine, base_dir: Path) -> None:

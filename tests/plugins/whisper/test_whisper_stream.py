@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from asrhub.engine import SAMPLE_RATE, ASRStream, Hypothesis
 from asrhub_plugins.vad.silero import SileroVAD
 from asrhub_plugins.whisper.engine import WhisperEngine
 from asrhub_plugins.whisper.settings import WhisperSettings
-
-from asrhub.engine import SAMPLE_RATE, ASRStream, Hypothesis
 
 from .conftest import wer
 

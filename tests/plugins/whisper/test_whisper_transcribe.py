@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from asrhub_plugins.whisper.engine import FULL_WINDOW, SHORT_CLIP_S, WhisperEngine, window_frames
 
 from asrhub.engine import SAMPLE_RATE, EngineError
+from asrhub_plugins.whisper.engine import FULL_WINDOW, SHORT_CLIP_S, WhisperEngine, window_frames
 
 from .conftest import cer, wer
 
