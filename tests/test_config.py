@@ -87,3 +87,13 @@ def test_check_config_cli(tmp_path, capsys):
     bad.write_text('[server]\nport = 1\n')
     assert main(["check-config", "--config", str(bad)]) == 2
     assert "unknown key 'port'" in capsys.readouterr().err
+
+
+def test_plugins_cli_lists_every_builtin(capsys):
+    from asrhub.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ptt", "streaming_stt", "vad_stream", "file_transcription", "session_broadcast",
+                 "whisper", "funasr", "silero", "fsmn", "resemblyzer", "rnnoise", "gtcrn", "json"):
+        assert name in out, name
