@@ -82,6 +82,11 @@ def make_hub(sections: dict[str, Any] | None = None, *, only: Iterable[str] | No
     get free ports (unless their section sets one)."""
     sections = {k: dict(v) if isinstance(v, dict) else v for k, v in (sections or {}).items()}
     server = {"host": "127.0.0.1", "preload": False, **sections.pop("server", {})}
+    if not server.get("state_dir"):
+        # Never the user's real state (voiceprints, file tasks): a fresh directory per hub.
+        import tempfile
+
+        server["state_dir"] = tempfile.mkdtemp(prefix="asrhub-test-")
     plugins = list(extra_plugins)
     if only is not None:
         only = set(only)

@@ -27,7 +27,7 @@ pytestmark = [
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server():
     hub = make_hub({"engines": {"whisper": {"model": "tiny.en"}}},
-                   only=["ptt", "streaming_stt", "vad_stream"])
+                   only=["ptt", "streaming_stt", "vad_stream", "file_transcription"])
     async with running_server(hub, preload=True) as srv:
         yield srv
 
@@ -90,17 +90,63 @@ async def test_microphone_to_text_on_the_page(server, testdata, protocol):
         await pw.stop()
 
 
-async def test_connection_errors_are_shown_in_plain_words(server, testdata):
+async def test_file_upload_progress_and_downloads(server, testdata):
     ARTIFACTS.mkdir(exist_ok=True)
     url = f"http://127.0.0.1:{server.ports['vad_stream.static']}/?protocol=file_transcription"
     pw, browser, page, console = await open_page(url, testdata / CLIP)
     try:
+        await page.select_option("#file-format", "srt")
         await page.set_input_files("#file", str(testdata / CLIP))
-        await page.click("#upload")  # file transcription is not enabled on this server
-        await page.wait_for_function("document.querySelector('#error').textContent.length > 0",
-                                     timeout=15000)
-        assert "cannot reach" in await page.locator("#error").inner_text()
-        await page.screenshot(path=str(ARTIFACTS / "demo-error.png"), full_page=True)
+        await page.click("#upload")
+        await page.wait_for_function("document.querySelector('#task-status').textContent === 'done'",
+                                     timeout=60000)
+        assert await page.locator("#upload-progress").evaluate("e => e.value") == 100
+        assert await page.locator("#task-progress").evaluate("e => e.value") == 100
+        result = await page.locator("#file-result").inner_text()
+        assert "-->" in result, result  # SRT cues
+        assert wer(manifest()[CLIP]["transcript"], " ".join(
+            line for line in result.splitlines() if line and "-->" not in line and not line.isdigit())) <= 0.3
+        links = await page.locator("#downloads a").all_inner_texts()
+        assert any("transcript.srt" in t for t in links) and any("transcript.json" in t for t in links)
+        await page.screenshot(path=str(ARTIFACTS / "demo-file.png"), full_page=True)
     finally:
         await browser.close()
         await pw.stop()
+
+
+async def test_speaker_registration_and_listing(server, testdata):
+    url = f"http://127.0.0.1:{server.ports['vad_stream.static']}/?protocol=vad_stream"
+    pw, browser, page, console = await open_page(url, testdata / CLIP)
+    try:
+        await page.fill("#user-id", "reader")
+        await page.click("#register")  # records 5 s from the (fake) microphone
+        await page.wait_for_function(
+            "[...document.querySelectorAll('#speaker-events li')].some(li => li.textContent.includes('registered reader'))",
+            timeout=30000)
+        await page.click("#speaker-list")
+        await page.wait_for_function(
+            "[...document.querySelectorAll('#speaker-events li')].some(li => li.textContent.includes('speakers (1): reader'))",
+            timeout=15000)
+        await page.screenshot(path=str(ARTIFACTS / "demo-speakers.png"), full_page=True)
+    finally:
+        await browser.close()
+        await pw.stop()
+
+
+async def test_connection_errors_are_shown_in_plain_words(testdata, tmp_path):
+    """The file protocol is not running on this server: the page says so in words."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    hub = make_hub({"server": {"state_dir": str(tmp_path)}}, only=["vad_stream"])
+    async with running_server(hub) as lonely:
+        url = f"http://127.0.0.1:{lonely.ports['vad_stream.static']}/?protocol=file_transcription"
+        pw, browser, page, console = await open_page(url, testdata / CLIP)
+        try:
+            await page.set_input_files("#file", str(testdata / CLIP))
+            await page.click("#upload")
+            await page.wait_for_function("document.querySelector('#error').textContent.length > 0",
+                                         timeout=15000)
+            assert "cannot reach" in await page.locator("#error").inner_text()
+            await page.screenshot(path=str(ARTIFACTS / "demo-error.png"), full_page=True)
+        finally:
+            await browser.close()
+            await pw.stop()
