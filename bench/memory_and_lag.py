@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -45,11 +46,16 @@ def proc_memory(pid: int) -> dict[str, float]:
     return fields
 
 
-def lag_quantile(metrics: str, q: float) -> float:
-    """Upper bound of the bucket holding quantile q of asrhub_event_loop_lag_seconds."""
-    buckets = []
-    for m in re.finditer(r'asrhub_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)', metrics):
-        buckets.append((float(m.group(1)), float(m.group(2))))
+def lag_buckets(metrics: str) -> list[tuple[float, float]]:
+    return [(float(m.group(1)), float(m.group(2))) for m in re.finditer(
+        r'asrhub_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)', metrics)]
+
+
+def lag_quantile(before: str, after: str, q: float) -> float:
+    """Upper bound of the bucket holding quantile q of the loop lag sampled between two
+    /metrics reads (start-up, when engines load, is left out: it is not serving load)."""
+    start = dict(lag_buckets(before))
+    buckets = [(bound, count - start.get(bound, 0.0)) for bound, count in lag_buckets(after)]
     if not buckets:
         return float("nan")
     total = buckets[-1][1]
@@ -190,7 +196,6 @@ def run(enabled: list[str], model: str, pcm: np.ndarray, wav: Path) -> dict:
         deadline = time.monotonic() + 300
         while True:
             try:
-                import urllib.request
                 with urllib.request.urlopen(f"http://127.0.0.1:{first}/health", timeout=2) as resp:
                     if resp.status == 200:
                         break
@@ -200,16 +205,18 @@ def run(enabled: list[str], model: str, pcm: np.ndarray, wav: Path) -> dict:
                 raise RuntimeError(f"server did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
         ready_mem = proc_memory(server.pid)
+        with urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5) as resp:
+            metrics_before = resp.read().decode()
         texts = asyncio.run(exercise({n: ports[n] for n in enabled}, pcm, wav))
         mem = proc_memory(server.pid)
-        import urllib.request
         with urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5) as resp:
             metrics = resp.read().decode()
         loads = [json.loads(line) for line in log_path.read_text().splitlines()
                  if '"engine_loaded"' in line]
         return {"enabled": enabled, "ready_rss_mb": ready_mem["VmRSS"], "rss_mb": mem["VmRSS"],
-                "peak_mb": mem["VmHWM"], "lag_p50_ms": lag_quantile(metrics, 0.5) * 1000,
-                "lag_p99_ms": lag_quantile(metrics, 0.99) * 1000,
+                "peak_mb": mem["VmHWM"],
+                "lag_p50_ms": lag_quantile(metrics_before, metrics, 0.5) * 1000,
+                "lag_p99_ms": lag_quantile(metrics_before, metrics, 0.99) * 1000,
                 "engine_loads": sorted(f"{e['kind']}:{e['engine']}" for e in loads), "texts": texts}
     finally:
         server.terminate()
@@ -238,7 +245,8 @@ def main() -> None:
     report = [f"# Memory and event-loop lag (`bench/memory_and_lag.py --model {args.model}`)", "",
               f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores); "
               f"one concurrent session per enabled protocol, clip `{CLIP}`. Lag is the upper bound "
-              "of the /metrics histogram bucket holding that quantile.", "", *rows, "",
+              "of the /metrics histogram bucket holding that quantile, "
+              "over the sessions only (start-up, when models load, is left out).", "", *rows, "",
               "Texts (all five protocols at once):", ""]
     report += [f"- {name}: {text}" for name, text in every["texts"].items()]
     text = "\n".join(report) + "\n"

@@ -29,4 +29,6 @@ def asrhub_register_protocols() -> list[ProtocolSpec]:
         description="file transcription: single/chunked uploads, queue, cache, speakers, SRT",
         setup=setup,
         settings_class=FileTranscriptionSettings,
+        # Diarization embeds every file: load the speaker model before ready, not mid-service.
+        preload=lambda s: ("speaker",) if s.diarization else (),
     )]
