@@ -30,6 +30,10 @@ def testdata_dir() -> Path:
     raise FileNotFoundError("test audio not found: set ASRHUB_TESTDATA to shared/testdata")
 
 
+# Not a test, though its name starts with "test": pytest would collect it where it is imported.
+testdata_dir.__test__ = False  # type: ignore[attr-defined]
+
+
 def normalize_english(text: str) -> str:
     """Lower-case, digits spelt out, punctuation stripped: Whisper writes "10 of clubs"."""
     import re

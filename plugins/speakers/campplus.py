@@ -9,18 +9,15 @@ loads (6-9 s, ~520 MB).
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from asrhub.engine import SAMPLE_RATE, Audio, EngineError, ModelNotAvailable
+from asrhub.engine import SAMPLE_RATE, Audio, EngineError
 
 DEFAULT_MODEL = "iic/speech_campplus_sv_zh-cn_16k-common"
-MODEL_FILES = ("config.yaml", "configuration.json")
 MIN_SECONDS = 0.5
 
 
@@ -42,53 +39,30 @@ class CampPlusSettings:
             raise ValueError("ncpu must be >= 1")
 
 
-def modelscope_cache_dirs() -> list[Path]:
-    roots = []
-    if os.environ.get("MODELSCOPE_CACHE"):
-        roots.append(Path(os.environ["MODELSCOPE_CACHE"]))
-    roots.append(Path.home() / ".cache" / "modelscope" / "hub")
-    # modelscope >= 1.14 keeps models under <cache>/models/<owner>/<name>; older ones directly
-    return [d for root in roots for d in (root / "models", root)]
-
-
 def resolve_model(model: str) -> Path:
-    """The local directory holding ``model``, or ModelNotAvailable saying how to provide it."""
-    candidates = [Path(model).expanduser()]
-    if not Path(model).is_absolute() and "/" in model:
-        candidates += [root / model for root in modelscope_cache_dirs()]
-    for path in candidates:
-        if path.is_dir() and any((path / f).is_file() for f in MODEL_FILES):
-            return path
-    looked = ", ".join(str(p) for p in candidates)
-    raise ModelNotAvailable(
-        f"speaker model {model!r} is not available offline (looked in: {looked}). asrhub never "
-        "downloads models at run time. On a machine with network: "
-        f"`pip install modelscope && modelscope download --model {model} --local_dir DIR`, "
-        "copy DIR here and set [engines.campplus] model = \"DIR\" (or copy it into the ModelScope "
-        f"cache as ~/.cache/modelscope/hub/models/{model}); or use [engines] speaker = \"resemblyzer\", "
-        "which ships its weights.")
+    """The local directory holding ``model`` (a directory or a ModelScope id already in the
+    cache), or ModelNotAvailable saying how to provide it: FunASR's own resolution."""
+    from asrhub_plugins.funasr.runtime import resolve_model as resolve_funasr_model
+
+    return resolve_funasr_model(model, setting="model", engine="campplus")
 
 
 class CampPlusEngine:
     name = "campplus"
 
     def __init__(self, settings: CampPlusSettings) -> None:
+        from asrhub_plugins.funasr.runtime import load_model
+
         path = resolve_model(settings.model)
-        try:
-            from funasr import AutoModel
-        except ImportError as exc:
-            raise EngineError(f"speaker engine campplus needs funasr (pip install 'asrhub[funasr]'): "
-                              f"{exc}") from exc
         self.model_name = path.name
         self.default_threshold = settings.threshold
-        self._model = AutoModel(model=str(path), disable_update=True, device="cpu",
-                                ncpu=settings.ncpu, disable_pbar=True, disable_log=True)
-        self._lock = threading.Lock()
+        # FunASR imported once, root logging kept, one lock around every call into the model.
+        self._model = load_model(path, device="cpu", ncpu=settings.ncpu)
         self.dim = int(self._embed(np.zeros(SAMPLE_RATE, np.float32)).shape[0])
 
     def _embed(self, audio: Audio) -> npt.NDArray[np.float32]:
-        with self._lock:
-            result = self._model.generate(input=audio)
+        with self._model.lock:
+            result = self._model.automodel.generate(input=audio, disable_pbar=True)
         embedding = result[0]["spk_embedding"]
         if hasattr(embedding, "detach"):
             embedding = embedding.detach().cpu().numpy()

@@ -153,7 +153,7 @@ def test_campplus_says_how_to_provide_the_model(tmp_path: Path, monkeypatch) -> 
         hub.engine_sync("speaker")
     message = str(info.value)
     assert "iic/speech_campplus_sv_zh-cn_16k-common" in message
-    assert "modelscope download" in message and "[engines.campplus] model" in message
+    assert "modelscope download" in message and "[engines.campplus]" in message
     assert str(tmp_path / "cache") in message
     empty = tmp_path / "not-a-model"
     empty.mkdir()
