@@ -88,9 +88,12 @@ def make_hub(sections: dict[str, Any] | None = None, *, only: Iterable[str] | No
     server = {"host": "127.0.0.1", "preload": False, **sections.pop("server", {})}
     if not server.get("state_dir"):
         # Never the user's real state (voiceprints, file tasks): a fresh directory per hub.
+        import atexit
+        import shutil
         import tempfile
 
         server["state_dir"] = tempfile.mkdtemp(prefix="asrhub-test-")
+        atexit.register(shutil.rmtree, server["state_dir"], ignore_errors=True)
     plugins = list(extra_plugins)
     if only is not None:
         only = set(only)
