@@ -8,6 +8,10 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from asrhub.hub import Hub, Listener
+    from asrhub.protocol import ProtocolContext
 
 HUB_KEY: web.AppKey[Hub] = web.AppKey("asrhub_hub")
 LISTENER_KEY: web.AppKey[Listener] = web.AppKey("asrhub_listener")
+CONTEXT_KEY: web.AppKey[ProtocolContext] = web.AppKey("asrhub_context")
+# Path prefixes a listener serves without a token (the demo page's static assets).
+PUBLIC_PREFIXES_KEY: web.AppKey[list[str]] = web.AppKey("asrhub_public_prefixes")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,8 @@ from asrhub.config import (
 )
 from asrhub.engine import ASREngine, Denoiser, SpeakerEngine, VADEngine, VoiceprintStore
 from asrhub.executor import InferenceExecutor, Priority
+from asrhub.loopmon import LoopLagMonitor
+from asrhub.metrics import Metrics
 from asrhub.specs import EngineSpec, ProtocolSpec
 
 log = structlog.get_logger("asrhub.hub")
@@ -83,12 +86,15 @@ class Hub:
         self._engines: dict[tuple[EngineKind, str], Any] = {}
         self._engine_locks: dict[tuple[EngineKind, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self.executor: InferenceExecutor | None = None
+        self._executor: InferenceExecutor | None = None
         self.counters: dict[str, ProtocolCounters] = {name: ProtocolCounters() for name in self.protocols}
         self.loading = False
         self.ready = False
-        self.metrics: Any = None  # asrhub.metrics.Metrics, set by the server
+        # Built with the hub, never patched on later: every plugin may rely on them.
+        self.metrics = Metrics(self)
+        self.loop_lag = LoopLagMonitor(on_sample=self.metrics.loop_lag.observe)
         self.bound_ports: dict[str, int] = {}  # listener label -> port actually bound
+        self.extra_health: dict[str, Callable[[], tuple[bool, str]]] = {}
 
     # ------------------------------------------------------------------ registry
 
@@ -214,7 +220,6 @@ class Hub:
         key = (kind, self.engine_name(kind, name))
         if key in self._engines:
             return self._engines[key]
-        assert self.executor is not None, "the hub has no executor outside a server"
         return await self.executor.run(self.engine_sync, kind, name, priority=Priority.LIVE,
                                        timeout=3600)
 
@@ -252,13 +257,49 @@ class Hub:
 
     # ------------------------------------------------------------------ run
 
+    @property
+    def executor(self) -> InferenceExecutor:
+        """The inference executor, started once by :meth:`make_executor` (the server and the
+        CLI do); asking before is a programming error, said plainly."""
+        if self._executor is None:
+            raise RuntimeError("the hub's executor is not started (Server.start or make_executor)")
+        return self._executor
+
+    @property
+    def has_executor(self) -> bool:
+        return self._executor is not None
+
     def make_executor(self) -> InferenceExecutor:
+        if self._executor is not None:
+            return self._executor
         cfg = self.config.executor
-        on_done = self.metrics.observe_inference if self.metrics is not None else None
-        self.executor = InferenceExecutor(cfg.workers, cfg.max_pending, cfg.busy_timeout,
-                                          dict(cfg.engine_concurrency), on_done=on_done,
-                                          worker_nice=cfg.worker_nice)
-        return self.executor
+        self._executor = InferenceExecutor(cfg.workers, cfg.max_pending, cfg.busy_timeout,
+                                           dict(cfg.engine_concurrency),
+                                           on_done=self.metrics.observe_inference,
+                                           worker_nice=cfg.worker_nice)
+        return self._executor
+
+    def counter(self, protocol: str) -> ProtocolCounters:
+        return self.counters.setdefault(protocol, ProtocolCounters())
+
+    def service_info(self) -> dict[str, Any]:
+        """What this hub serves where: the demo page and clients find protocols through it."""
+        from asrhub import __version__
+
+        asr = self.loaded_engine("asr")
+        return {
+            "name": "asrhub",
+            "version": __version__,
+            "protocols": [
+                {"name": lst.label, "port": self.bound_ports.get(lst.label, lst.config.port),
+                 "description": lst.spec.description, "tls": bool(lst.config.tls_cert),
+                 "transport": lst.spec.transport}
+                for lst in self.enabled_listeners()
+            ],
+            "engine": self.engine_name("asr"),
+            "model": getattr(asr, "model_name", None),
+            "engines": self.loaded_engines(),
+        }
 
     async def preload(self) -> None:
         """Load the engines the enabled protocols will need before reporting ready."""
@@ -276,12 +317,11 @@ class Hub:
             self.loading = False
 
     def session_closed(self, summary: dict[str, Any]) -> None:
-        counters = self.counters.setdefault(summary.get("protocol", "?"), ProtocolCounters())
+        counters = self.counter(summary.get("protocol", "?"))
         counters.sessions_total += 1
         counters.audio_seconds += float(summary.get("audio_s") or 0.0)
         counters.processing_seconds += float(summary.get("processing_s") or 0.0)
-        if self.metrics is not None:
-            self.metrics.sessions.labels(protocol=summary.get("protocol", "?")).inc()
+        self.metrics.sessions.labels(protocol=summary.get("protocol", "?")).inc()
         log.info("session_closed", **summary)
         try:
             self.pm.hook.asrhub_session_closed(hub=self, summary=summary)
@@ -289,16 +329,19 @@ class Hub:
             log.exception("session_closed_hook_failed")
 
     def count_error(self, protocol: str, code: str | int) -> None:
-        counters = self.counters.setdefault(protocol, ProtocolCounters())
+        counters = self.counter(protocol)
         counters.errors[str(code)] = counters.errors.get(str(code), 0) + 1
-        if self.metrics is not None:
-            self.metrics.errors.labels(protocol=protocol, code=str(code)).inc()
+        self.metrics.errors.labels(protocol=protocol, code=str(code)).inc()
 
     def health(self) -> tuple[bool, str]:
         if self.loading or not self.ready:
             return False, "loading models"
-        if self.executor is not None and self.executor.saturated:
+        if self._executor is not None and self._executor.saturated:
             return False, "inference queue full"
+        for name, check in self.extra_health.items():
+            ok, why = check()
+            if not ok:
+                return False, f"{name}: {why}"
         return True, "ok"
 
     def uptime(self) -> float:

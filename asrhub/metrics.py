@@ -24,6 +24,8 @@ class Metrics:
         self.connections = Counter("asrhub_connections", "Connections accepted", ["protocol"], registry=r)
         self.sessions = Counter("asrhub_sessions", "Connections (sessions) closed, with their summary logged", ["protocol"], registry=r)
         self.audio_seconds = Counter("asrhub_audio_seconds", "Audio received, seconds", ["protocol"], registry=r)
+        self.http_requests = Counter("asrhub_http_requests", "HTTP requests answered (WebSocket "
+                                     "upgrades included)", ["protocol", "status"], registry=r)
         self.errors = Counter("asrhub_errors", "Error replies sent", ["protocol", "code"], registry=r)
         self.rtf = Histogram("asrhub_session_rtf", "Processing seconds per audio second, per session",
                              ["protocol"], buckets=RTF_BUCKETS, registry=r)
@@ -38,8 +40,8 @@ class Metrics:
                                   buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0), registry=r)
         queue = Gauge("asrhub_executor_queue_depth", "Inference calls waiting", registry=r)
         busy = Gauge("asrhub_executor_busy_workers", "Inference workers busy", registry=r)
-        queue.set_function(lambda: hub.executor.stats().queue_depth if hub.executor else 0)
-        busy.set_function(lambda: hub.executor.stats().busy_workers if hub.executor else 0)
+        queue.set_function(lambda: hub.executor.stats().queue_depth if hub.has_executor else 0)
+        busy.set_function(lambda: hub.executor.stats().busy_workers if hub.has_executor else 0)
         up = Gauge("asrhub_ready", "1 once models are loaded and listeners are up", registry=r)
         up.set_function(lambda: 1.0 if hub.ready else 0.0)
 

@@ -8,6 +8,8 @@ engines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import errno
 import hmac
 import json
@@ -17,16 +19,19 @@ import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
-from aiohttp import WSCloseCode, web
+from aiohttp import web
+from yarl import URL
 
-from asrhub import __version__
-from asrhub.appkeys import HUB_KEY, LISTENER_KEY
+from asrhub.appkeys import CONTEXT_KEY, HUB_KEY, LISTENER_KEY, PUBLIC_PREFIXES_KEY
+from asrhub.config import Config
 from asrhub.connection import OPEN_SOCKETS_KEY
 from asrhub.hub import Hub, Listener
-from asrhub.loopmon import LoopLagMonitor
+from asrhub.logsetup import configure_logging
 from asrhub.metrics import Metrics
+from asrhub.protocol import ListenerSettings, ProtocolContext, Transport, limits_of
 
 log = structlog.get_logger("asrhub.server")
 
@@ -36,48 +41,82 @@ class PortInUse(OSError):
 
 
 def _token_ok(request: web.Request, token: str) -> bool:
+    """Bearer header, X-Asrhub-Token or ?token=; an empty header does not hide a valid query."""
     offered = request.query.get("token", "")
     auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        offered = auth[7:].strip()
-    offered = request.headers.get("X-Asrhub-Token", offered)
-    return hmac.compare_digest(offered.encode(), token.encode())
+    if auth[:7].lower() == "bearer ":
+        offered = auth[7:].strip() or offered
+    offered = request.headers.get("X-Asrhub-Token", "").strip() or offered
+    # Header text may hold anything a client sent (surrogate escapes included): compare bytes.
+    return hmac.compare_digest(offered.encode("utf-8", "surrogatepass"),
+                               token.encode("utf-8", "surrogatepass"))
 
 
-def _guard_middleware(listener: Listener) -> Callable:
-    """Token and Origin checks, before any handler (so before any audio is accepted)."""
-    token = listener.config.token
-    origins = set(listener.config.allowed_origins)
+def _same_host(origin: str, request: web.Request) -> bool:
+    """The hub's own pages (any of its ports on the host the client reached) may connect."""
+    try:
+        origin_host = URL(origin).host or ""
+    except ValueError:
+        return False
+    request_host = (request.host or "").rsplit("]", 1)[-1]
+    request_host = URL(f"http://{request.host}").host or request_host
+    loopback = {"localhost", "127.0.0.1", "::1"}
+    return origin_host == request_host or (origin_host in loopback and request_host in loopback)
+
+
+def _guard_middleware(state: ListenerState) -> Callable:
+    """Token and Origin checks before any handler (so before any audio is accepted), and the
+    request's log context. Reads ``state`` on every request, so a reload applies at once."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        if token and not _token_ok(request, token):
+        token = state.token
+        origins = state.allowed_origins
+        if token and not _token_ok(request, token) and not state.is_public(request.path):
             return web.json_response({"error": "unauthorized",
                                       "message": "a valid token is required (Authorization: "
                                                  "Bearer <token> or ?token=)"}, status=401)
         origin = request.headers.get("Origin")
-        if origins and origin is not None and origin not in origins and "*" not in origins:
-            return web.json_response({"error": "forbidden_origin",
-                                      "message": f"origin {origin} is not allowed"}, status=403)
+        if origin is not None and "*" not in origins and origin not in origins:
+            upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+            # Listed origins only; without a list, the hub's own pages (same host) only. Plain
+            # HTTP reads are not blocked (a browser keeps their answers from other origins).
+            if (origins or upgrade or request.method not in ("GET", "HEAD", "OPTIONS")) \
+                    and not (not origins and _same_host(origin, request)):
+                return web.json_response({"error": "forbidden_origin",
+                                          "message": f"origin {origin} is not allowed"}, status=403)
         return await handler(request)
 
     return guard
 
 
-def service_info(hub: Hub) -> dict:
-    asr = hub.loaded_engine("asr")
-    return {
-        "name": "asrhub",
-        "version": __version__,
-        "protocols": [
-            {"name": lst.label, "port": hub.bound_ports.get(lst.label, lst.config.port),
-             "description": lst.spec.description, "tls": bool(lst.config.tls_cert)}
-            for lst in hub.enabled_listeners()
-        ],
-        "engine": hub.engine_name("asr"),
-        "model": getattr(asr, "model_name", None),
-        "engines": hub.loaded_engines(),
-    }
+def _request_middleware(ctx_name: str, hub: Hub) -> Callable:
+    """Per-request log context and counter; client errors are logged below error level."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        status = 500
+        with structlog.contextvars.bound_contextvars(protocol=ctx_name, peer=request.remote or "?",
+                                                     method=request.method, path=request.path):
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                if status >= 500:
+                    log.warning("http_error", status=status)
+                raise
+            except asyncio.CancelledError:
+                status = 499  # client went away
+                raise
+            except Exception:
+                log.exception("http_handler_failed")
+                raise
+            finally:
+                hub.metrics.http_requests.labels(protocol=ctx_name, status=str(status)).inc()
+
+    return observe
 
 
 async def health_handler(request: web.Request) -> web.Response:
@@ -90,36 +129,69 @@ async def health_handler(request: web.Request) -> web.Response:
 
 async def services_handler(request: web.Request) -> web.Response:
     """Which protocols listen on which ports: the demo page finds its peers through this."""
-    info = service_info(request.app[HUB_KEY])
-    return web.json_response(info, headers={"Cache-Control": "no-store"})
+    return web.json_response(request.app[HUB_KEY].service_info(),
+                             headers={"Cache-Control": "no-store"})
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
-    body = hub.metrics.render() if hub.metrics is not None else b""
-    return web.Response(body=body, headers={"Content-Type": Metrics.content_type})
+    return web.Response(body=hub.metrics.render(), headers={"Content-Type": Metrics.content_type})
+
+
+class ListenerState:
+    """What a reload may change on a running listener without dropping connections."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.token = listener.config.token
+        self.allowed_origins = set(listener.config.allowed_origins)
+        self.public_prefixes: tuple[str, ...] = ()
+
+    def is_public(self, path: str) -> bool:
+        """Static assets of the demo page: served without a token so the page can load; the
+        page then sends the token on every connection it opens."""
+        return any(path.startswith(prefix) for prefix in self.public_prefixes)
 
 
 class Server:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.runners: list[web.AppRunner] = []
-        self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self.tcp_servers: list[asyncio.AbstractServer] = []
         self.ports: dict[str, int] = {}
-        self.lag = LoopLagMonitor()
+        self.transport = Transport(hub)
+        self.contexts: dict[str, ProtocolContext] = {}
+        self.states: dict[str, ListenerState] = {}
+        self.legacy_sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._stopped = asyncio.Event()
+        self._stop_task: asyncio.Future | None = None
+
+    @property
+    def lag(self):
+        return self.hub.loop_lag
+
+    def make_context(self, listener: Listener, app: web.Application | None) -> ProtocolContext:
+        hub = self.hub
+        return ProtocolContext(name=listener.label, hub=hub, settings=listener.settings,
+                               listener=listener.config, executor=hub.executor,
+                               metrics=hub.metrics, loop_lag=hub.loop_lag,
+                               transport=self.transport, app=app, extra=listener.extra)
 
     def build_app(self, listener: Listener) -> web.Application:
         hub = self.hub
-        app = web.Application(middlewares=[_guard_middleware(listener)],
-                              client_max_size=64 * 1024 * 1024)
+        state = self.states[listener.label] = ListenerState(listener)
+        app = web.Application(middlewares=[_request_middleware(listener.label, hub),
+                                           _guard_middleware(state)],
+                              client_max_size=limits_of(listener.settings).max_body_bytes)
         app[HUB_KEY] = hub
         app[LISTENER_KEY] = listener
-        app[OPEN_SOCKETS_KEY] = self.sockets
+        ctx = self.contexts[listener.label] = self.make_context(listener, app)
+        app[CONTEXT_KEY] = ctx
+        app[OPEN_SOCKETS_KEY] = self.legacy_sockets
         if listener.extra is None:
-            listener.spec.setup(app, hub, listener.settings)
+            listener.spec.setup(ctx)
         elif listener.spec.setup_extra is not None:
-            listener.spec.setup_extra(app, hub, listener.settings, listener.extra)
+            listener.spec.setup_extra(ctx)
+        state.public_prefixes = tuple(app[PUBLIC_PREFIXES_KEY]) if PUBLIC_PREFIXES_KEY in app else ()
         taken = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
         if ("GET", "/health") not in taken:
             app.router.add_get("/health", health_handler)
@@ -133,11 +205,8 @@ class Server:
         hub = self.hub
         if hub.config.server.gil_switch_interval_ms > 0:
             sys.setswitchinterval(hub.config.server.gil_switch_interval_ms / 1000)
-        hub.metrics = Metrics(hub)
         hub.make_executor()
-        self.lag = LoopLagMonitor(on_sample=hub.metrics.loop_lag.observe)
-        self.lag.start()
-        hub.loop_lag = self.lag  # type: ignore[attr-defined]
+        hub.loop_lag.start()
         try:
             for listener in hub.enabled_listeners():
                 await self._start_listener(listener)
@@ -149,81 +218,203 @@ class Server:
             await self._abort_start()
             raise
         hub.ready = True
+        self._warn_if_open()
         log.info("ready", ports=self.ports, engines=hub.loaded_engines())
 
+    def _warn_if_open(self) -> None:
+        for lst in self.hub.enabled_listeners():
+            if lst.config.host not in ("127.0.0.1", "::1", "localhost") and not lst.config.token:
+                log.warning("listening_without_token", protocol=lst.label, host=lst.config.host,
+                            hint="anyone who can reach this address can use it: set [server] "
+                                 "token or bind host = \"127.0.0.1\"")
+
+    def _ssl_context(self, listener: Listener) -> ssl.SSLContext | None:
+        if not listener.config.tls_cert:
+            return None
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(listener.config.tls_cert, listener.config.tls_key)
+        return ssl_ctx
+
     async def _start_listener(self, listener: Listener) -> None:
-        app = self.build_app(listener)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                               shutdown_timeout=self.hub.config.server.drain_timeout)
-        await runner.setup()
-        ssl_ctx = None
-        if listener.config.tls_cert:
-            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_ctx.load_cert_chain(listener.config.tls_cert, listener.config.tls_key)
-        site = web.TCPSite(runner, listener.config.host, listener.config.port, ssl_context=ssl_ctx,
-                           reuse_address=True)
+        ssl_ctx = self._ssl_context(listener)
         try:
-            await site.start()
+            if listener.spec.transport == "tcp":
+                port = await self._start_tcp(listener, ssl_ctx)
+            else:
+                port = await self._start_http(listener, ssl_ctx)
         except OSError as exc:
-            await runner.cleanup()
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 what = "already in use" if exc.errno == errno.EADDRINUSE else "not permitted"
                 raise PortInUse(exc.errno, f"port {listener.config.port} on {listener.config.host} "
                                 f"for protocol {listener.label!r} is {what}: {exc.strerror}") from None
             raise
-        self.runners.append(runner)
-        port = listener.config.port
-        for sock in getattr(site._server, "sockets", None) or ():  # the real port when 0 was asked
-            port = sock.getsockname()[1]
-            break
         self.ports[listener.label] = port
         self.hub.bound_ports[listener.label] = port
-        scheme = "https/wss" if ssl_ctx else "http/ws"
+        scheme = {("tcp", False): "tcp", ("tcp", True): "tls"}.get(
+            (listener.spec.transport, bool(ssl_ctx)), "https/wss" if ssl_ctx else "http/ws")
         log.info("listening", protocol=listener.label, host=listener.config.host, port=port, scheme=scheme)
 
+    async def _start_http(self, listener: Listener, ssl_ctx: ssl.SSLContext | None) -> int:
+        app = self.build_app(listener)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                               shutdown_timeout=self.hub.config.server.drain_timeout,
+                               # slow-header clients are cut off (aiohttp's default waits forever)
+                               keepalive_timeout=75.0)
+        await runner.setup()
+        site = web.TCPSite(runner, listener.config.host, listener.config.port, ssl_context=ssl_ctx,
+                           reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self.runners.append(runner)
+        for sock in getattr(site._server, "sockets", None) or ():  # the real port when 0 was asked
+            return int(sock.getsockname()[1])
+        return listener.config.port
+
+    async def _start_tcp(self, listener: Listener, ssl_ctx: ssl.SSLContext | None) -> int:
+        ctx = self.contexts[listener.label] = self.make_context(listener, None)
+        listener.spec.setup(ctx)
+        if ctx.tcp_route is None:
+            raise RuntimeError(f"protocol {listener.label!r} is transport='tcp' but its setup "
+                               "did not call ctx.serve_tcp(route)")
+        limit = limits_of(listener.settings).max_message_bytes * 4
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await self.transport.serve_stream(ctx, reader, writer)
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                if not writer.is_closing():
+                    writer.close()
+
+        server = await asyncio.start_server(accept, listener.config.host, listener.config.port,
+                                            ssl=ssl_ctx, limit=limit, reuse_address=True)
+        self.tcp_servers.append(server)
+        return int(server.sockets[0].getsockname()[1]) if server.sockets else listener.config.port
+
     async def stop(self) -> None:
+        """Idempotent: a second call waits for the first."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
         hub = self.hub
         hub.ready = False
         started = time.perf_counter()
-        for ws in list(self.sockets):
-            if not ws.closed:
-                try:
-                    await asyncio.wait_for(ws.close(code=WSCloseCode.GOING_AWAY,
-                                                    message=b"server shutting down"), 2.0)
-                except (TimeoutError, ConnectionError, RuntimeError):
-                    pass
+        # Stop accepting, then let every session flush its finals before its client sees 1001.
+        for tcp in self.tcp_servers:
+            tcp.close()
+        await self.transport.shutdown(hub.config.server.drain_timeout)
+        for ws in list(self.legacy_sockets):  # handlers not yet on the kit's transport
+            with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+                await asyncio.wait_for(ws.close(code=1001, message=b"server shutting down"), 2.0)
         await self._stop_runners()
-        if hub.executor is not None:
-            await hub.executor.shutdown(hub.config.server.drain_timeout)
+        await hub.executor.shutdown(hub.config.server.drain_timeout)
         try:
             hub.pm.hook.asrhub_shutdown(hub=hub)
         except Exception:  # noqa: BLE001
             log.exception("shutdown_hook_failed")
         await asyncio.get_running_loop().run_in_executor(None, hub.unload_engines)
-        await self.lag.stop()
+        await hub.loop_lag.stop()
         log.info("stopped", drain_s=round(time.perf_counter() - started, 3))
         self._stopped.set()
 
     async def _abort_start(self) -> None:
         """Start-up failed: release ports, threads and the lag monitor before re-raising."""
         await self._stop_runners()
-        if self.hub.executor is not None:
-            await self.hub.executor.shutdown(drain_timeout=2.0)
-        await self.lag.stop()
+        await self.hub.executor.shutdown(drain_timeout=2.0)
+        await self.hub.loop_lag.stop()
 
     async def _stop_runners(self) -> None:
+        for tcp in self.tcp_servers:
+            tcp.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(tcp.wait_closed(), 2.0)
+        self.tcp_servers.clear()
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
 
+    def reload(self, config: Config) -> list[str]:
+        """Apply a re-read config to the running server; returns what needs a restart.
 
-async def run_forever(hub: Hub, *, notify: Callable[[str], None] | None = None) -> None:
-    """``asrhub serve``: start, report readiness, wait for SIGTERM/SIGINT, stop gracefully."""
+        Applied at once: log level and format, every listener's token and allowed origins, and
+        each protocol's shared limits (:class:`ListenerSettings`: new connections get them).
+        Anything else (ports, hosts, TLS, engines, protocol-specific settings) is named in the
+        log as needing a restart and keeps its running value.
+        """
+        from asrhub.hub import Hub
+
+        fresh = Hub(config, self.hub.pm)  # validates exactly as start-up does; loads nothing
+        needs_restart: list[str] = []
+        if config.server.log_level != self.hub.config.server.log_level \
+                or config.server.log_format != self.hub.config.server.log_format:
+            configure_logging(config.server.log_level, config.server.log_format)
+        for old in self.hub.listeners:
+            new = next((lst for lst in fresh.listeners if lst.label == old.label), None)
+            if new is None:
+                continue
+            state = self.states.get(old.label)
+            if state is not None:
+                state.token = new.config.token
+                state.allowed_origins = set(new.config.allowed_origins)
+            for key in ("enabled", "host", "port", "tls_cert", "tls_key"):
+                if getattr(old.config, key) != getattr(new.config, key):
+                    needs_restart.append(f"[protocols.{old.label}] {key}")
+            ctx = self.contexts.get(old.label)
+            if ctx is not None and new.settings != ctx.settings:
+                changed = _changed_fields(ctx.settings, new.settings)
+                shared = {f.name for f in dataclasses.fields(ListenerSettings)}
+                if isinstance(ctx.settings, ListenerSettings):
+                    kept = {k: getattr(new.settings, k) for k in changed if k in shared}
+                    if kept:
+                        ctx.settings = dataclasses.replace(ctx.settings, **kept)
+                needs_restart += [f"[protocols.{old.label}] {k}" for k in changed if k not in shared]
+        for key in ("state_dir", "host", "drain_timeout", "preload"):
+            if getattr(config.server, key) != getattr(self.hub.config.server, key):
+                needs_restart.append(f"[server] {key}")
+        if config.executor != self.hub.config.executor:
+            needs_restart.append("[executor]")
+        if config.engines != self.hub.config.engines or config.engine_sections != self.hub.config.engine_sections:
+            needs_restart.append("[engines]")
+        log.info("reloaded", source=config.source, needs_restart=needs_restart)
+        return needs_restart
+
+
+def _changed_fields(old: Any, new: Any) -> list[str]:
+    if not (dataclasses.is_dataclass(old) and dataclasses.is_dataclass(new)):
+        return [] if old == new else ["(settings)"]
+    return [f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)]
+
+
+async def run_forever(hub: Hub, *, notify: Callable[[str], None] | None = None,
+                      reload_config: Callable[[], Config] | None = None) -> None:
+    """``asrhub serve``: start, report readiness, wait for SIGTERM/SIGINT, stop gracefully.
+    SIGHUP re-reads the config (``reload_config``) and applies what can change at run time."""
     server = Server(hub)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def on_hup() -> None:
+        if reload_config is None:
+            log.info("reload_ignored", reason="no config source to re-read")
+            return
+        if notify is not None:
+            notify("RELOADING=1")
+        try:
+            server.reload(reload_config())
+        except Exception as exc:  # noqa: BLE001 - a bad edit must not kill a running service
+            log.error("reload_failed", error=str(exc))
+        if notify is not None:
+            notify("READY=1")
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await server.start()
     if notify is not None:
         notify("READY=1\nSTATUS=serving " + json.dumps(server.ports))
@@ -249,7 +440,7 @@ async def _watchdog(hub: Hub, notify: Callable[[str], None] | None) -> None:
     stuck_since = time.monotonic()
     while True:
         await asyncio.sleep(interval)
-        stats = hub.executor.stats() if hub.executor else None
+        stats = hub.executor.stats() if hub.has_executor else None
         if stats is None or stats.busy_workers == 0 or stats.completed != last_completed:
             stuck_since = time.monotonic()
             last_completed = stats.completed if stats else -1

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from asrhub.hub import Hub
+    from asrhub.protocol import ProtocolContext
 
 
 @dataclass(frozen=True)
@@ -25,23 +24,28 @@ class NoSettings:
 class ProtocolSpec:
     """A wire protocol served on a listener of its own.
 
-    ``setup(app, hub, settings)`` adds routes to a fresh ``web.Application`` that the core
-    creates for this listener; ``settings`` is an instance of ``settings_class`` built from the
-    ``[protocols.<name>]`` section (minus the listener keys the core owns: enabled, host, port,
-    token, tls_cert, tls_key, allowed_origins).
+    ``setup(ctx)`` is called once per start with a complete
+    :class:`asrhub.protocol.ProtocolContext`: the hub, the protocol's settings (an instance of
+    ``settings_class`` built from ``[protocols.<name>]``, minus the listener keys the core owns:
+    enabled, host, port, token, tls_cert, tls_key, allowed_origins), the executor, metrics and,
+    for ``transport="http"``, a fresh aiohttp application ``ctx.app`` to add routes to
+    (``ctx.websocket(route)`` for a WebSocket protocol). A ``transport="tcp"`` protocol calls
+    ``ctx.serve_tcp(route)`` instead. ``settings_class`` should inherit
+    :class:`asrhub.protocol.ListenerSettings` (the shared limits).
     """
 
     name: str
     default_port: int
     description: str
-    setup: Callable[[web.Application, Hub, Any], None]
+    setup: Callable[[ProtocolContext], None]
     settings_class: type = NoSettings
     enabled_by_default: bool = True
+    transport: Literal["http", "tcp"] = "http"
     # Extra listeners (e.g. a static site next to a WebSocket port): name -> default port.
-    # Each gets its own application, set up by ``setup_extra(app, hub, settings, extra_name)``;
-    # its section is ``[protocols.<name>.<extra_name>]`` (listener keys only).
+    # Each gets its own context (``ctx.extra`` is the name) and is set up by
+    # ``setup_extra(ctx)``; its section is ``[protocols.<name>.<extra_name>]`` (listener keys).
     extra_ports: dict[str, int] = field(default_factory=dict)
-    setup_extra: Callable[[web.Application, Hub, Any, str], None] | None = None
+    setup_extra: Callable[[ProtocolContext], None] | None = None
     # Engine kinds ("speaker", "voiceprints", "denoise", ...) to load before the server reports
     # ready, given the protocol's settings; the default ASR and VAD engines always are.
     preload: Callable[[Any], Iterable[str]] | None = None

@@ -10,12 +10,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from asrhub.config import parse_config
 from asrhub.hookspecs import hookimpl
 from asrhub.hub import Hub
 from asrhub.plugins import make_plugin_manager
+from asrhub.protocol import (
+    Channel,
+    CloseInfo,
+    ErrorCodes,
+    ListenerSettings,
+    ProtocolContext,
+    ProtocolError,
+    Session,
+    WebSocketRoute,
+)
 from asrhub.specs import ProtocolSpec
 
 
@@ -126,27 +136,56 @@ async def running_server(hub: Hub, *, preload: bool = False) -> AsyncIterator[An
 
 
 @dataclass(frozen=True)
-class EchoSettings:
+class EchoSettings(ListenerSettings):
     greeting: str = "hello"
 
 
-def _echo_setup(app: web.Application, hub: Hub, settings: EchoSettings) -> None:
-    from asrhub.appkeys import HUB_KEY
-    from asrhub.connection import websocket_connection
+ECHO_CODES = ErrorCodes(bad_message="bad_message", too_big="too_big", busy="busy",
+                        internal="internal", too_many_connections="too_many_connections")
 
-    async def ws_handler(request: web.Request) -> web.StreamResponse:
-        async with websocket_connection(request, "echo") as conn:
-            conn.send_json({"type": "hello", "greeting": settings.greeting})
-            async for msg in conn.ws:
-                if msg.type == WSMsgType.TEXT:
-                    conn.send_json({"echo": msg.data})
-        return conn.ws
+
+class EchoSession(Session):
+    """Greets, echoes text, counts binary bytes as 16 kHz int16 audio; ``fail`` raises inside
+    the hub, ``bad`` raises a protocol error (for the core's own tests)."""
+
+    def __init__(self, channel: Channel, settings: EchoSettings) -> None:
+        self.channel = channel
+        self.settings = settings
+        self.closed_with: CloseInfo | None = None
+
+    async def on_open(self) -> None:
+        self.channel.send_json({"type": "hello", "greeting": self.settings.greeting})
+
+    async def on_text(self, text: str) -> None:
+        if text == "fail":
+            raise RuntimeError("boom")
+        if text == "bad":
+            raise ProtocolError("bad_message", "you asked for it")
+        self.channel.send_json({"echo": text})
+
+    async def on_binary(self, data: bytes) -> None:
+        self.audio_seconds += len(data) / 32000
+
+    async def on_close(self, info: CloseInfo) -> None:
+        self.closed_with = info
+        if info.shutdown:
+            self.channel.send_json({"type": "bye", "audio_s": self.audio_seconds})
+
+
+def _echo_setup(ctx: ProtocolContext) -> None:
+    from asrhub.appkeys import HUB_KEY
+
+    hub = ctx.hub
 
     async def info(request: web.Request) -> web.Response:
         return web.json_response({"hub": request.app[HUB_KEY] is hub})
 
-    app.router.add_get("/ws", ws_handler)
-    app.router.add_get("/", info)
+    ctx.websocket(WebSocketRoute(
+        path="/ws", codes=ECHO_CODES,
+        open_session=lambda channel, request: EchoSession(channel, ctx.settings),
+        error_message=lambda err: {"type": "error", "code": err.code, "message": err.message}))
+    assert ctx.app is not None
+    ctx.app.router.add_get("/", info)
 
 
 class EchoPlugin:

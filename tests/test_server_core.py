@@ -42,9 +42,15 @@ async def test_serves_protocol_health_metrics_and_stops_with_1001():
             assert (await ws.receive_json())["greeting"] == "hi"
             await ws.send_str("x")
             assert (await ws.receive_json()) == {"echo": "x"}
-            await server.stop()
+            await ws.send_bytes(b"\0" * 32000)
+            await ws.send_str("y")
+            assert (await ws.receive_json()) == {"echo": "y"}
+            stopping = asyncio.create_task(server.stop())
+            # Graceful shutdown: the session flushes what it owes the client, then 1001.
+            assert (await ws.receive_json()) == {"type": "bye", "audio_s": 1.0}
             msg = await ws.receive()
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
+            await stopping
     finally:
         await server.stop()
     assert hub.counters["echo"].connections_total == 1

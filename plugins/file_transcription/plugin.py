@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aiohttp import web
-
 from asrhub.hookspecs import hookimpl
 from asrhub.specs import ProtocolSpec
 
@@ -15,7 +11,8 @@ PROTOCOL = "file_transcription"
 DEFAULT_PORT = 8767
 
 
-def setup(app: web.Application, hub: Any, settings: FileTranscriptionSettings) -> None:
+def setup(ctx) -> None:
+    app, settings = ctx.app, ctx.settings
     from .handler import setup_app  # aiohttp glue and models only when the protocol is served
 
     setup_app(app, settings)

@@ -14,7 +14,6 @@ from asrhub.appkeys import HUB_KEY
 from asrhub.connection import Connection, websocket_connection
 from asrhub.hub import Hub, ProtocolCounters
 from asrhub.paths import web_dir
-from asrhub.server import service_info
 
 from . import messages as m
 from .session import PTTSession
@@ -144,7 +143,7 @@ async def _receive_loop(conn: Connection, session: PTTSession, settings: PTTSett
 
 async def index_handler(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
-    info = service_info(hub)
+    info = hub.service_info()
     if info.get("model") is None:  # not loaded yet: say what will be
         try:
             settings = hub.settings_for("asr", hub.engine_name("asr"))

@@ -9,7 +9,8 @@ from asrhub.specs import ProtocolSpec
 from .settings import PTTSettings
 
 
-def _setup(app, hub, settings: PTTSettings) -> None:
+def _setup(ctx) -> None:
+    app, hub, settings = ctx.app, ctx.hub, ctx.settings
     from .handler import setup_routes  # aiohttp glue only when a listener is built
 
     setup_routes(app, hub, settings)

@@ -14,12 +14,12 @@ from asrhub.specs import ProtocolSpec
 from .settings import BroadcastSettings
 
 if TYPE_CHECKING:
-    from aiohttp import web
 
-    from asrhub.hub import Hub
+    pass
 
 
-def _setup(app: web.Application, hub: Hub, settings: BroadcastSettings) -> None:
+def _setup(ctx) -> None:
+    app, hub, settings = ctx.app, ctx.hub, ctx.settings
     from .handler import setup_routes
 
     setup_routes(app, hub, settings)

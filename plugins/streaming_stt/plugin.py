@@ -8,7 +8,8 @@ from asrhub.specs import ProtocolSpec
 from .settings import StreamingSTTSettings
 
 
-def _setup(app, hub, settings):  # imported lazily: listing plugins loads no aiohttp handlers
+def _setup(ctx):
+    app, hub, settings = ctx.app, ctx.hub, ctx.settings  # imported lazily: listing plugins loads no aiohttp handlers
     from .handler import setup
 
     setup(app, hub, settings)

@@ -12,7 +12,6 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from asrhub.appkeys import HUB_KEY
 from asrhub.connection import websocket_connection
 from asrhub.paths import web_dir
-from asrhub.server import service_info
 
 from . import messages as msg
 from .session import Services, VadStreamSession
@@ -26,7 +25,7 @@ PROTOCOL = "vad_stream"
 def make_ws_handler(settings: VadStreamSettings):
     async def ws_handler(request: web.Request) -> web.StreamResponse:
         if not web.WebSocketResponse().can_prepare(request).ok:
-            info = service_info(request.app[HUB_KEY])
+            info = request.app[HUB_KEY].service_info()
             return web.json_response({"protocol": PROTOCOL, "message": "connect with a WebSocket "
                                       "client: binary PCM int16 LE 16 kHz mono and JSON commands",
                                       **info}, status=426, headers={"Upgrade": "websocket"})

@@ -43,7 +43,8 @@ def _check(hub: Hub, settings: VadStreamSettings) -> None:
             raise ConfigError(f"{where} ns_engine: no noise suppressor named {name!r}")
 
 
-def setup(app: web.Application, hub: Hub, settings: VadStreamSettings) -> None:
+def setup(ctx) -> None:
+    app, hub, settings = ctx.app, ctx.hub, ctx.settings
     _check(hub, settings)
     app.router.add_get("/", make_ws_handler(settings))
 
@@ -62,7 +63,8 @@ def setup(app: web.Application, hub: Hub, settings: VadStreamSettings) -> None:
         app.on_startup.append(preload)
 
 
-def setup_extra(app: web.Application, hub: Hub, settings: VadStreamSettings, extra: str) -> None:
+def setup_extra(ctx) -> None:
+    app, settings, extra = ctx.app, ctx.settings, ctx.extra
     if extra == "static":
         setup_static(app, static_root(settings))
 
