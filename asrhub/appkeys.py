@@ -14,4 +14,4 @@ HUB_KEY: web.AppKey[Hub] = web.AppKey("asrhub_hub")
 LISTENER_KEY: web.AppKey[Listener] = web.AppKey("asrhub_listener")
 CONTEXT_KEY: web.AppKey[ProtocolContext] = web.AppKey("asrhub_context")
 # Path prefixes a listener serves without a token (the demo page's static assets).
-PUBLIC_PREFIXES_KEY: web.AppKey[list[str]] = web.AppKey("asrhub_public_prefixes")
+PUBLIC_PREFIXES_KEY: web.AppKey[tuple[str, ...]] = web.AppKey("asrhub_public_prefixes")
