@@ -191,7 +191,9 @@ class Server:
             listener.spec.setup(ctx)
         elif listener.spec.setup_extra is not None:
             listener.spec.setup_extra(ctx)
-        state.public_prefixes = tuple(app[PUBLIC_PREFIXES_KEY]) if PUBLIC_PREFIXES_KEY in app else ()
+        if PUBLIC_PREFIXES_KEY in app:
+            prefixes: tuple[str, ...] = app[PUBLIC_PREFIXES_KEY]
+            state.public_prefixes = prefixes
         taken = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
         if ("GET", "/health") not in taken:
             app.router.add_get("/health", health_handler)
