@@ -26,12 +26,11 @@ import numpy as np
 import structlog
 
 from asrhub.audio import decode_file
+from asrhub.diarize import cluster, fill_unlabelled
 from asrhub.engine import SAMPLE_RATE, Audio, EngineError, Segment, Transcript
 from asrhub.executor import Priority
 from asrhub.formats import to_srt
 from asrhub.text import join_texts
-
-from .diarize import cluster, fill_unlabelled
 
 log = structlog.get_logger("asrhub.file_transcription")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .diarize import DEFAULT_DISTANCE_THRESHOLD
+from asrhub.diarize import DEFAULT_DISTANCE_THRESHOLD
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import re
 
 import numpy as np
 
+from asrhub.diarize import cluster, fill_unlabelled
 from asrhub.engine import Segment
-from asrhub_plugins.file_transcription.diarize import cluster, fill_unlabelled
 from asrhub_plugins.file_transcription.pipeline import (
     Piece,
     build_result,
