@@ -1,4 +1,5 @@
-"""asrhub plugin: FunASR engines — ASR "funasr" (Paraformer, SenseVoice...) and VAD "fsmn".
+"""asrhub plugin: FunASR engines — ASR "funasr" (Paraformer, SenseVoice...), VAD "fsmn" and
+speaker embeddings "campplus" (CAM++ / ERes2Net).
 
 Importing this module imports neither FunASR nor torch: FunASR (6-9 s, ~520 MB) is imported
 once, the first time one of these engines is loaded.
@@ -12,6 +13,7 @@ from asrhub.hookspecs import hookimpl
 from asrhub.specs import EngineSpec
 
 from .asr import FunASREngine, FunASRSettings
+from .campplus import CampPlusEngine, CampPlusSettings
 from .vad import FsmnVADEngine, FsmnVADSettings
 
 if TYPE_CHECKING:
@@ -45,3 +47,13 @@ def asrhub_register_vad_engines() -> list[EngineSpec]:
         factory=_vad_factory,
         settings_class=FsmnVADSettings,
     )]
+
+
+def _campplus_factory(settings: CampPlusSettings, hub: Hub) -> CampPlusEngine:
+    return CampPlusEngine(settings)
+
+
+@hookimpl
+def asrhub_register_speaker_engines() -> list[EngineSpec]:
+    return [EngineSpec("campplus", "FunASR CAM++ / ERes2Net speaker model from a local directory",
+                       _campplus_factory, CampPlusSettings)]

@@ -1,7 +1,7 @@
 """Speaker embeddings and the voiceprint store.
 
-- ``[engines] speaker = "resemblyzer"`` (default; ships its weights) or ``"campplus"``
-  (FunASR CAM++/ERes2Net; the model must be provided locally).
+- ``[engines] speaker = "resemblyzer"`` (default; ships its weights). FunASR's CAM++/ERes2Net
+  engine ``"campplus"`` is registered by the funasr plugin (it is a FunASR model).
 - ``[engines] voiceprints = "json"`` (default): ``[engines.json] path`` (default
   ``<state_dir>/speakers.json``).
 - Protocols match embeddings with :mod:`asrhub_plugins.speakers.matching`.
@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from asrhub.hookspecs import hookimpl
 from asrhub.specs import EngineSpec
-from asrhub_plugins.speakers.campplus import CampPlusSettings
 from asrhub_plugins.speakers.resemblyzer_engine import ResemblyzerSettings
 from asrhub_plugins.speakers.store import JsonStoreSettings
 
@@ -27,12 +26,6 @@ def _resemblyzer(settings: ResemblyzerSettings, hub: Hub) -> Any:
     return ResemblyzerEngine(settings)
 
 
-def _campplus(settings: CampPlusSettings, hub: Hub) -> Any:
-    from asrhub_plugins.speakers.campplus import CampPlusEngine
-
-    return CampPlusEngine(settings)
-
-
 def _json_store(settings: JsonStoreSettings, hub: Hub) -> Any:
     from asrhub_plugins.speakers.store import open_store
 
@@ -44,8 +37,6 @@ def asrhub_register_speaker_engines() -> list[EngineSpec]:
     return [
         EngineSpec("resemblyzer", "Resemblyzer GE2E voice encoder, 256-dim (weights ship with it)",
                    _resemblyzer, ResemblyzerSettings),
-        EngineSpec("campplus", "FunASR CAM++ / ERes2Net speaker model from a local directory",
-                   _campplus, CampPlusSettings),
     ]
 
 

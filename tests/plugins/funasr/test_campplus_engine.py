@@ -1,4 +1,4 @@
-"""The CAM++ speaker engine (plugins/speakers/campplus.py) loads through FunASR's runtime and
+"""The CAM++ speaker engine (plugins/funasr/campplus.py) loads through FunASR's runtime and
 embeds real audio, with a tiny CAM++ model these tests build (no download; fresh weights, so
 only shapes and behaviour are checked, never speaker decisions)."""
 

@@ -13,7 +13,7 @@ from asrhub.audio import decode_file
 from asrhub.config import ConfigError
 from asrhub.engine import EngineError, ModelNotAvailable, SpeakerEngine, Voiceprint, cosine
 from asrhub.testing import make_hub
-from asrhub_plugins.speakers.campplus import CampPlusSettings, resolve_model
+from asrhub_plugins.funasr.campplus import CampPlusSettings, resolve_model
 from asrhub_plugins.speakers.matching import EngineMismatch, Match, identify, verify
 from asrhub_plugins.speakers.resemblyzer_engine import CALIBRATED_THRESHOLD
 from asrhub_plugins.speakers.store import JsonVoiceprintStore

@@ -26,7 +26,7 @@ class CampPlusSettings:
     # a model directory, or a ModelScope id found in the local ModelScope cache
     model: str = DEFAULT_MODEL
     # The seed's value for ERes2NetV2; NOT calibrated here (no model to run): calibrate with
-    # `python -m asrhub_plugins.speakers.calibrate --engine campplus` once the model is present.
+    # `python -m asrhub_plugins.speakers.calibrate --engine campplus` (any registered speaker engine` once the model is present.
     threshold: float = 0.3
     ncpu: int = 2
 
@@ -42,7 +42,7 @@ class CampPlusSettings:
 def resolve_model(model: str) -> Path:
     """The local directory holding ``model`` (a directory or a ModelScope id already in the
     cache), or ModelNotAvailable saying how to provide it: FunASR's own resolution."""
-    from asrhub_plugins.funasr.runtime import resolve_model as resolve_funasr_model
+    from .runtime import resolve_model as resolve_funasr_model
 
     return resolve_funasr_model(model, setting="model", engine="campplus")
 
@@ -51,7 +51,7 @@ class CampPlusEngine:
     name = "campplus"
 
     def __init__(self, settings: CampPlusSettings) -> None:
-        from asrhub_plugins.funasr.runtime import load_model
+        from .runtime import load_model
 
         path = resolve_model(settings.model)
         self.model_name = path.name
