@@ -117,8 +117,19 @@ class ASREngine(Protocol):
         language: str | None = None,
         word_timestamps: bool = False,
         progress: ProgressCallback | None = None,
+        task: Literal["transcribe", "translate"] = "transcribe",
+        prompt: str | None = None,
+        temperature: float | None = None,
     ) -> Transcript:
-        """Recognise a whole recording."""
+        """Recognise a whole recording.
+
+        Optional, with defaults that keep an engine's behaviour: ``task="translate"`` writes
+        the text in English whatever the spoken language (engines that cannot translate raise
+        :class:`EngineError`); ``prompt`` is text the recording continues from or hotwords
+        (the engine's initial prompt; engines without one ignore it); ``temperature`` the
+        sampling temperature (None = the engine's default; engines that do not sample
+        ignore it).
+        """
         ...
 
     def open_stream(self, *, language: str | None = None, vad: VADStream | None = None) -> ASRStream:

@@ -127,7 +127,14 @@ class FunASREngine:
 
     def transcribe(self, audio: Audio, *, language: str | None = None,
                    word_timestamps: bool = False,
-                   progress: ProgressCallback | None = None) -> Transcript:
+                   progress: ProgressCallback | None = None,
+                   task: str = "transcribe", prompt: str | None = None,
+                   temperature: float | None = None) -> Transcript:
+        """``prompt`` and ``temperature`` are accepted and ignored (FunASR's models take no
+        initial prompt and decode greedily); ``task="translate"`` raises :class:`EngineError`
+        (they only transcribe)."""
+        if task != "transcribe":
+            raise EngineError(f"the FunASR engine cannot {task!r}: it only transcribes")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         duration = len(audio) / SAMPLE_RATE
         wanted = language if language and _language_option(language) != "auto" else None

@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import structlog
@@ -306,11 +306,19 @@ class WhisperEngine:
         language: str | None = None,
         word_timestamps: bool = False,
         progress: ProgressCallback | None = None,
+        task: Literal["transcribe", "translate"] = "transcribe",
+        prompt: str | None = None,
+        temperature: float | None = None,
     ) -> Transcript:
+        """``task="translate"``: English text (Whisper's translate task; an English-only model
+        transcribes). ``prompt``: the initial prompt (instead of ``initial_prompt``).
+        ``temperature``: one sampling temperature; None or 0 = faster-whisper's fallback
+        schedule (0.0, 0.2, ... 1.0)."""
         audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
         lang = self.resolve_language(language)
         duration = len(audio) / SAMPLE_RATE
-        if duration <= SHORT_CLIP_S and not word_timestamps and not self.settings.vad_filter:
+        plain = task == "transcribe" and not prompt and not temperature
+        if duration <= SHORT_CLIP_S and not word_timestamps and not self.settings.vad_filter and plain:
             decoded = self.decode(audio, lang)
             segments = ([Segment(0.0, duration, decoded.text, confidence=decoded.confidence)]
                         if decoded.text else [])
@@ -324,7 +332,9 @@ class WhisperEngine:
                 beam_size=self.settings.beam_size,
                 word_timestamps=word_timestamps,
                 vad_filter=self.settings.vad_filter,
-                initial_prompt=self.settings.initial_prompt or None,
+                initial_prompt=prompt or self.settings.initial_prompt or None,
+                task=task,
+                **({"temperature": temperature} if temperature else {}),
                 # Conditioning on the previous window's text can make Whisper skip whole
                 # windows (seen on a repeated passage); off unless configured.
                 condition_on_previous_text=self.settings.condition_on_previous,
