@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from asrhub.appkeys import CONTEXT_KEY, HUB_KEY, LISTENER_KEY, PUBLIC_PREFIXES_KEY
+from asrhub.appkeys import CONTEXT_KEY, HUB_KEY, LISTENER_KEY, PUBLIC_PREFIXES_KEY, REFUSAL_KEY
 from asrhub.config import Config
 from asrhub.connection import OPEN_SOCKETS_KEY
 from asrhub.hub import Hub, Listener
@@ -73,9 +73,8 @@ def _guard_middleware(state: ListenerState) -> Callable:
         token = state.token
         origins = state.allowed_origins
         if token and not _token_ok(request, token) and not state.is_public(request.path):
-            return web.json_response({"error": "unauthorized",
-                                      "message": "a valid token is required (Authorization: "
-                                                 "Bearer <token> or ?token=)"}, status=401)
+            return state.refuse(401, "unauthorized", "a valid token is required (Authorization: "
+                                                     "Bearer <token> or ?token=)")
         origin = request.headers.get("Origin")
         if origin is not None and "*" not in origins and origin not in origins:
             upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -83,8 +82,7 @@ def _guard_middleware(state: ListenerState) -> Callable:
             # HTTP reads are not blocked (a browser keeps their answers from other origins).
             if (origins or upgrade or request.method not in ("GET", "HEAD", "OPTIONS")) \
                     and not (not origins and _same_host(origin, request)):
-                return web.json_response({"error": "forbidden_origin",
-                                          "message": f"origin {origin} is not allowed"}, status=403)
+                return state.refuse(403, "forbidden_origin", f"origin {origin} is not allowed")
         return await handler(request)
 
     return guard
@@ -145,6 +143,13 @@ class ListenerState:
         self.token = listener.config.token
         self.allowed_origins = set(listener.config.allowed_origins)
         self.public_prefixes: tuple[str, ...] = ()
+        self.refusal: Callable[[int, str, str], web.StreamResponse] | None = None
+
+    def refuse(self, status: int, code: str, message: str) -> web.StreamResponse:
+        """The guard's refusal, in the listener's own error shape when it has one."""
+        if self.refusal is not None:
+            return self.refusal(status, code, message)
+        return web.json_response({"error": code, "message": message}, status=status)
 
     def is_public(self, path: str) -> bool:
         """Static assets of the demo page: served without a token so the page can load; the
@@ -194,6 +199,8 @@ class Server:
         if PUBLIC_PREFIXES_KEY in app:
             prefixes: tuple[str, ...] = app[PUBLIC_PREFIXES_KEY]
             state.public_prefixes = prefixes
+        if REFUSAL_KEY in app:
+            state.refusal = app[REFUSAL_KEY]
         taken = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
         if ("GET", "/health") not in taken:
             app.router.add_get("/health", health_handler)
