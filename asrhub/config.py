@@ -39,6 +39,9 @@ class ServerConfig:
     # How long a worker thread may hold the GIL before the event loop gets a turn (Python's
     # default is 5 ms; inference threads running Python code then delay the loop by that much).
     gil_switch_interval_ms: float = 1.0
+    # An HTTP connection must complete its request headers (and an idle keep-alive connection
+    # its next request) within this many seconds, or it is closed (slow-header clients).
+    header_timeout_s: float = 15.0
 
 
 @dataclass(frozen=True)

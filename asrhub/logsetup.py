@@ -43,6 +43,26 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream=None) -> No
     root.setLevel(numeric)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ClientErrorFilter())
+
+
+class ClientErrorFilter(logging.Filter):
+    """aiohttp logs a malformed request (oversized or too many headers, bad request line) at
+    error level with a traceback: a client can flood the log with them. Such records become one
+    info line without the traceback; server-side failures keep their level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        code = getattr(exc, "code", None)
+        if exc is not None and isinstance(code, int) and 400 <= code < 500 \
+                and type(exc).__module__.startswith("aiohttp"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "bad_http_request: %s (%s)", (type(exc).__name__, code)
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def quiet_root_after_import() -> None:

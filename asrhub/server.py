@@ -267,8 +267,9 @@ class Server:
         app = self.build_app(listener)
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                shutdown_timeout=self.hub.config.server.drain_timeout,
-                               # slow-header clients are cut off (aiohttp's default waits forever)
-                               keepalive_timeout=75.0)
+                               # aiohttp arms this from the connection's start: a client that
+                               # has not completed its headers by then is closed (slowloris)
+                               keepalive_timeout=self.hub.config.server.header_timeout_s)
         await runner.setup()
         site = web.TCPSite(runner, listener.config.host, listener.config.port, ssl_context=ssl_ctx,
                            reuse_address=True)
