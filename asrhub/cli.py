@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         notify = None
     try:
-        asyncio.run(run_forever(hub, notify=notify))
+        asyncio.run(run_forever(hub, notify=notify, reload_config=lambda: _load(args)))
     except PortInUse as exc:
         log.error("port_in_use", error=str(exc))
         print(f"asrhub: {exc}", file=sys.stderr)
