@@ -4,7 +4,7 @@
   engine ``"campplus"`` is registered by the funasr plugin (it is a FunASR model).
 - ``[engines] voiceprints = "json"`` (default): ``[engines.json] path`` (default
   ``<state_dir>/speakers.json``).
-- Protocols match embeddings with :mod:`asrhub_plugins.speakers.matching`.
+- Protocols match embeddings with :mod:`asrhub.speakers` (the core; `matching` re-exports it).
 """
 
 from __future__ import annotations
