@@ -416,7 +416,7 @@ async def run_forever(hub: Hub, *, notify: Callable[[str], None] | None = None,
             log.info("reload_ignored", reason="no config source to re-read")
             return
         if notify is not None:
-            notify("RELOADING=1")
+            notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             server.reload(reload_config())
         except Exception as exc:  # noqa: BLE001 - a bad edit must not kill a running service
