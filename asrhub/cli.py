@@ -86,7 +86,7 @@ def default_config_document() -> dict:
     """Every section with its built-in defaults, for ``asrhub default-config``."""
     import dataclasses
 
-    from asrhub.config import ExecutorConfig, ServerConfig, parse_config
+    from asrhub.config import ClusterConfig, ExecutorConfig, ServerConfig, parse_config
 
     hub = _build_hub(parse_config({}))
 
@@ -101,6 +101,7 @@ def default_config_document() -> dict:
         return out
 
     doc: dict = {"server": values(ServerConfig), "executor": values(ExecutorConfig),
+                 "cluster": values(ClusterConfig),
                  "engines": {kind: hub.engine_name(kind) for kind in hub.engine_specs}}  # type: ignore[arg-type]
     for specs in hub.engine_specs.values():
         for name, spec in specs.items():
@@ -168,6 +169,64 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+# Where the README's service layout puts the venv; the unit file names it, `init` rewrites it.
+README_BIN_DIR = "/opt/asrhub/.venv/bin"
+UNIT_TARGET = Path("etc/systemd/system/asrhub.service")
+CONFIG_TARGET = Path("etc/asrhub/asrhub.toml")
+
+
+def _bin_dir(explicit: str | None) -> Path:
+    """The folder holding the running ``asrhub`` script (the unit's ExecStart)."""
+    if explicit:
+        return Path(explicit).absolute()
+    here = Path(sys.executable).parent  # a venv's bin/, not resolved through its python symlink
+    if (here / "asrhub").exists():
+        return here
+    import shutil
+
+    found = shutil.which("asrhub")
+    return Path(found).parent if found else Path(README_BIN_DIR)
+
+
+def init_files(bin_dir: Path) -> dict[Path, tuple[str, int]]:
+    """What ``asrhub init`` writes, relative to the prefix: path -> (text, mode)."""
+    from asrhub.paths import example_config, unit_file
+
+    unit = unit_file().read_text(encoding="utf-8").replace(README_BIN_DIR, str(bin_dir))
+    config = example_config().read_text(encoding="utf-8").replace(README_BIN_DIR, str(bin_dir))
+    return {UNIT_TARGET: (unit, 0o644), CONFIG_TARGET: (config, 0o640)}
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import grp
+    import os
+
+    prefix = Path(args.prefix)
+    planned = {prefix / rel: body for rel, body in init_files(_bin_dir(args.bin_dir)).items()}
+    existing = [str(path) for path in planned if path.exists()]
+    if existing and not args.force:
+        print(f"asrhub: {', '.join(existing)} already exist(s); nothing written (--force replaces)",
+              file=sys.stderr)
+        return 1
+    for path, (text, mode) in planned.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.new")
+        partial.write_text(text, encoding="utf-8")
+        os.chmod(partial, mode)
+        if path.name.endswith(".toml") and os.geteuid() == 0:
+            try:  # the service user reads the config; nobody else needs to
+                os.chown(partial, 0, grp.getgrnam("asrhub").gr_gid)
+            except KeyError:
+                pass
+        partial.replace(path)
+        print(f"wrote {path}")
+    print("next (as root):\n"
+          "  useradd --system --home /var/lib/asrhub --shell /usr/sbin/nologin asrhub\n"
+          f"  chgrp asrhub {prefix / CONFIG_TARGET}\n"
+          "  systemctl daemon-reload && systemctl enable --now asrhub")
+    return 0
+
+
 def cmd_speakers(args: argparse.Namespace) -> int:
     import time as _time
 
@@ -221,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--progress", action="store_true", help="always show a progress bar on stderr")
     tr.add_argument("--verbose", "-v", action="store_true", help="log a summary line to stderr")
     tr.set_defaults(func=cmd_transcribe)
+    ini = sub.add_parser("init", help="write the systemd unit and a commented config "
+                         "(/etc/systemd/system/asrhub.service, /etc/asrhub/asrhub.toml)")
+    ini.add_argument("--prefix", default="/", help="root to write under (default: /)")
+    ini.add_argument("--force", action="store_true", help="replace files that already exist")
+    ini.add_argument("--bin-dir", help="folder of the asrhub command for ExecStart "
+                     "(default: this installation's)")
+    ini.set_defaults(func=cmd_init)
     sp = with_config(sub.add_parser("speakers", help="manage enrolled voiceprints"))
     spsub = sp.add_subparsers(dest="action", required=True)
     spsub.add_parser("list")
