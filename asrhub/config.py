@@ -65,6 +65,20 @@ class EnginesConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several asrhub instances sharing state through Redis (off when ``redis_url`` is "")."""
+
+    # e.g. "redis://127.0.0.1:6379/0"; "env:ASRHUB_REDIS_URL" to keep a password out of the file
+    redis_url: str = ""
+    # Names this instance in shared state (task claims, logs); "" = hostname:pid.
+    instance_id: str = ""
+    # Every key and channel asrhub uses starts with this (several hubs on one Redis).
+    key_prefix: str = "asrhub:"
+    # Seconds between reachability checks (reported by /health).
+    health_interval_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str
     enabled: bool
@@ -84,6 +98,7 @@ class Config:
     engine_sections: dict[str, dict[str, Any]]
     protocol_sections: dict[str, dict[str, Any]]
     source: str = "(built-in defaults)"
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -126,7 +141,7 @@ def load_config(path: str | Path | None = None, *, search: bool = True) -> Confi
 
 
 def parse_config(data: dict[str, Any], *, source: str = "(built-in defaults)") -> Config:
-    known = {"server", "executor", "engines", "protocols"}
+    known = {"server", "executor", "engines", "protocols", "cluster"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: unknown section [{key}] (known: {', '.join(sorted(known))})")
@@ -146,6 +161,7 @@ def parse_config(data: dict[str, Any], *, source: str = "(built-in defaults)") -
         engine_sections=engine_sections,
         protocol_sections=dict(protocols),
         source=source,
+        cluster=build_settings(ClusterConfig, _table(data, "cluster", source), f"{source}: [cluster]"),
     )
 
 

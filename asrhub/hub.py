@@ -17,6 +17,7 @@ from typing import Any, Literal
 import pluggy
 import structlog
 
+from asrhub.cluster import Cluster
 from asrhub.config import (
     Config,
     ConfigError,
@@ -95,6 +96,8 @@ class Hub:
         self.loop_lag = LoopLagMonitor(on_sample=self.metrics.loop_lag.observe)
         self.bound_ports: dict[str, int] = {}  # listener label -> port actually bound
         self.extra_health: dict[str, Callable[[], tuple[bool, str]]] = {}
+        # Shared state with other instances (Redis), or None on a single box.
+        self.cluster: Cluster | None = Cluster(config.cluster) if config.cluster.redis_url else None
 
     # ------------------------------------------------------------------ registry
 

@@ -120,9 +120,13 @@ def _request_middleware(ctx_name: str, hub: Hub) -> Callable:
 async def health_handler(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     ok, why = hub.health()
-    return web.json_response({"status": "ok" if ok else "unavailable", "reason": why,
-                              "engines": hub.loaded_engines(), "uptime_s": round(hub.uptime(), 1)},
-                             status=200 if ok else 503)
+    body = {"status": "ok" if ok else "unavailable", "reason": why,
+            "engines": hub.loaded_engines(), "uptime_s": round(hub.uptime(), 1)}
+    if hub.cluster is not None:
+        # Reported, not fatal: every instance shares the Redis, so failing health on it would
+        # take the whole cluster out of the load balancer; features that need it say so.
+        body["cluster"] = hub.cluster.status()
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def services_handler(request: web.Request) -> web.Response:
@@ -216,6 +220,8 @@ class Server:
             sys.setswitchinterval(hub.config.server.gil_switch_interval_ms / 1000)
         hub.make_executor()
         hub.loop_lag.start()
+        if hub.cluster is not None:
+            hub.cluster.start()
         try:
             for listener in hub.enabled_listeners():
                 await self._start_listener(listener)
@@ -330,6 +336,8 @@ class Server:
             log.exception("shutdown_hook_failed")
         await asyncio.get_running_loop().run_in_executor(None, hub.unload_engines)
         await hub.loop_lag.stop()
+        if hub.cluster is not None:
+            await hub.cluster.close()
         log.info("stopped", drain_s=round(time.perf_counter() - started, 3))
         self._stopped.set()
 
@@ -338,6 +346,8 @@ class Server:
         await self._stop_runners()
         await self.hub.executor.shutdown(drain_timeout=2.0)
         await self.hub.loop_lag.stop()
+        if self.hub.cluster is not None:
+            await self.hub.cluster.close()
 
     async def _stop_runners(self) -> None:
         for tcp in self.tcp_servers:

@@ -1,0 +1,1 @@
+"""Shared state for several asrhub instances: the Redis voiceprint store."""
