@@ -29,7 +29,7 @@ serve: install
 
 system-deps:
 	@missing=""; \
-	for pkg in espeak-ng sox chromium systemd; do \
+	for pkg in espeak-ng sox chromium systemd redis-server haproxy; do \
 	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \

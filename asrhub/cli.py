@@ -287,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     ini.add_argument("--bin-dir", help="folder of the asrhub command for ExecStart "
                      "(default: this installation's)")
     ini.set_defaults(func=cmd_init)
+    hp = with_config(sub.add_parser("haproxy-config", help="print an HAProxy config for several "
+                                    "instances of this config (see deploy/README.md)"))
+    hp.add_argument("--instances", type=int, default=3)
+    hp.add_argument("--port-offset", type=int, default=1000,
+                    help="instance N listens on each public port + N x this")
+    hp.add_argument("--bind", default="0.0.0.0")
+    hp.add_argument("--stats-port", type=int, default=8404)
+    hp.set_defaults(func=cmd_haproxy_config)
     sp = with_config(sub.add_parser("speakers", help="manage enrolled voiceprints"))
     spsub = sp.add_subparsers(dest="action", required=True)
     spsub.add_parser("list")
@@ -298,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--name")
     sp.set_defaults(func=cmd_speakers)
     return parser
+
+
+def cmd_haproxy_config(args: argparse.Namespace) -> int:
+    """HAProxy in front of ``--instances`` instances laid out as systemd/asrhub@.service does."""
+    from asrhub.deploy import haproxy_config, routes_for
+
+    hub = _build_hub(_load(args))
+    listeners = {lst.label: (lst.config.port, lst.spec.transport == "tcp")
+                 for lst in hub.enabled_listeners()}
+    print(haproxy_config(routes_for(listeners, args.instances, args.port_offset), bind=args.bind,
+                         stats_port=args.stats_port or None))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

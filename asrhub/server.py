@@ -109,8 +109,10 @@ def _request_middleware(ctx_name: str, hub: Hub) -> Callable:
                 status = 499  # client went away
                 raise
             except Exception:
+                # Logged once here; the client gets a plain 500, never a traceback.
                 log.exception("http_handler_failed")
-                raise
+                return web.json_response({"error": "internal",
+                                          "message": "internal server error"}, status=500)
             finally:
                 hub.metrics.http_requests.labels(protocol=ctx_name, status=str(status)).inc()
 
