@@ -4,20 +4,36 @@ A :class:`StreamPump` owns a bounded audio backlog. One consumer task hands ever
 so far to ``stream.accept`` in the inference executor (one call per wake-up, however many
 frames arrived), so calls for one stream never overlap and the loop never blocks. Hypotheses
 go to the session's callback in order.
+
+A :class:`LiveRecognizer` opens pumps on the hub's shared engines (``for_hub``) or on given
+engines (``for_engines``, tests): every executor call it and its pumps make is tagged with the
+ASR engine's name, so per-engine concurrency limits always apply::
+
+    recognizer = LiveRecognizer.for_hub(ctx.hub)              # in the protocol's setup
+    pump = await recognizer.open(on_hypotheses, language="en")  # per utterance/session
+    pump.feed(pcm)            # returns at once; BacklogFull past max_backlog_s
+    await pump.finish()       # the rest of the audio, then the final hypotheses
+    await pump.close()
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from asrhub.engine import SAMPLE_RATE, ASRStream, Audio, Hypothesis
+from asrhub.engine import SAMPLE_RATE, ASREngine, ASRStream, Audio, Hypothesis, VADEngine
 from asrhub.executor import InferenceExecutor, Priority
 
+if TYPE_CHECKING:
+    from asrhub.hub import Hub
+
 HypothesisCallback = Callable[[list[Hypothesis]], Awaitable[None]]
+ErrorCallback = Callable[[BaseException], "Awaitable[None] | None"]
 
 
 class BacklogFull(RuntimeError):
@@ -25,6 +41,17 @@ class BacklogFull(RuntimeError):
 
 
 class StreamPump:
+    """One live stream's backlog and consumer.
+
+    ``on_error`` (optional, sync or async) is told at once when ``accept`` fails in the
+    consumer task (the session can answer the client without waiting for its next message);
+    it must not await :meth:`close` itself. After a failure :meth:`feed`, :meth:`drain` and
+    :meth:`finish` raise the error. ``report_empty``: call ``on_hypotheses`` after every
+    ``accept``, with an empty list when it gave none (a session that answers each audio
+    message needs to know that its audio was taken in). ``last_call_seconds`` is the run time
+    of the latest engine call.
+    """
+
     def __init__(
         self,
         executor: InferenceExecutor,
@@ -34,15 +61,20 @@ class StreamPump:
         engine: str | None = None,
         max_backlog_s: float = 30.0,
         priority: Priority = Priority.LIVE,
+        on_error: ErrorCallback | None = None,
+        report_empty: bool = False,
     ) -> None:
         self.executor = executor
         self.stream = stream
         self.on_hypotheses = on_hypotheses
+        self.on_error = on_error
+        self.report_empty = report_empty
         self.engine = engine
         self.priority = priority
         self.max_backlog = int(max_backlog_s * SAMPLE_RATE)
         self.audio_seconds = 0.0
         self.processing_seconds = 0.0
+        self.last_call_seconds = 0.0
         self._chunks: list[Audio] = []
         self._queued = 0
         self._inflight = 0
@@ -56,6 +88,11 @@ class StreamPump:
     @property
     def backlog_seconds(self) -> float:
         return (self._queued + self._inflight) / SAMPLE_RATE
+
+    @property
+    def error(self) -> BaseException | None:
+        """What made the pump fail (an engine or executor error), or None."""
+        return self._error
 
     def feed(self, pcm: Audio) -> None:
         """Queue audio (returns at once). Raises :class:`BacklogFull` past the limit."""
@@ -72,21 +109,34 @@ class StreamPump:
         self._wake.set()
 
     async def _run(self) -> None:
-        while not self._closed:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._chunks:
-                chunks, self._chunks = self._chunks, []
-                pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-                self._queued -= len(pcm)
-                self._inflight = len(pcm)
-                try:
-                    hyps = await self._call(self.stream.accept, pcm)
-                finally:
-                    self._inflight = 0
-                if hyps:
-                    await self.on_hypotheses(hyps)
+        try:
+            while not self._closed:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._chunks:
+                    chunks, self._chunks = self._chunks, []
+                    pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+                    self._queued -= len(pcm)
+                    self._inflight = len(pcm)
+                    try:
+                        hyps = await self._call(self.stream.accept, pcm)
+                    finally:
+                        self._inflight = 0
+                    if hyps or self.report_empty:
+                        await self.on_hypotheses(list(hyps or ()))
+                self._idle.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - kept for feed/drain/finish, told to on_error
+            if self._error is None:
+                self._error = exc
+            self._chunks.clear()
+            self._queued = 0
             self._idle.set()
+            if self.on_error is not None:
+                result = self.on_error(exc)
+                if inspect.isawaitable(result):
+                    await result
 
     async def _call(self, fn: Callable, *args: object) -> list[Hypothesis]:
         started = time.perf_counter()
@@ -98,19 +148,19 @@ class StreamPump:
             self._error = exc
             raise
         finally:
-            self.processing_seconds += time.perf_counter() - started
+            self.last_call_seconds = time.perf_counter() - started
+            self.processing_seconds += self.last_call_seconds
 
     async def drain(self) -> None:
         """Wait until all queued audio has been through ``accept``."""
-        while not self._idle.is_set():
-            if self._task.done():
-                self._task.result()  # re-raise the consumer's error
-                return
+        while not self._idle.is_set() and not self._task.done():
             idle = asyncio.ensure_future(self._idle.wait())
             try:
                 await asyncio.wait({self._task, idle}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 idle.cancel()
+        if self._error is not None:
+            raise self._error
 
     async def finish(self) -> list[Hypothesis]:
         """Process the backlog, then end the stream; returns (and reports) the final hypotheses."""
@@ -136,3 +186,53 @@ class StreamPump:
             await self._task
         except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
             pass
+
+
+class LiveRecognizer:
+    """Opens :class:`StreamPump` s on shared engines, every executor call tagged with the ASR
+    engine's name. ``open_stream(language)`` is blocking (it runs in the executor)."""
+
+    def __init__(self, executor: InferenceExecutor, open_stream: Callable[[str | None], ASRStream],
+                 engine: str | None) -> None:
+        self.executor = executor
+        self.open_stream = open_stream
+        self.engine = engine
+
+    @classmethod
+    def for_hub(cls, hub: Hub, *, use_vad: bool = True, asr: str | None = None,
+                vad: str | None = None) -> LiveRecognizer:
+        """The hub's shared ASR engine (loaded on first use), its streams segmented by the
+        shared VAD engine's streams when ``use_vad`` (and a VAD engine is configured)."""
+
+        def open_stream(language: str | None) -> ASRStream:
+            engine: ASREngine = hub.engine_sync("asr", asr)
+            vad_engine: VADEngine | None = hub.engine_sync("vad", vad) if use_vad else None
+            return engine.open_stream(language=language,
+                                      vad=vad_engine.open_stream() if vad_engine is not None else None)
+
+        return cls(hub.executor, open_stream, hub.engine_name("asr", asr))
+
+    @classmethod
+    def for_engines(cls, executor: InferenceExecutor, asr: ASREngine,
+                    vad: VADEngine | None = None) -> LiveRecognizer:
+        """Given engines (tests: :class:`asrhub.testing.FakeASR`)."""
+
+        def open_stream(language: str | None) -> ASRStream:
+            return asr.open_stream(language=language, vad=vad.open_stream() if vad is not None else None)
+
+        return cls(executor, open_stream, getattr(asr, "name", None))
+
+    async def open_raw(self, language: str | None = None, *,
+                       priority: Priority = Priority.LIVE) -> ASRStream:
+        """A new engine stream (opened in the executor, tagged with the engine)."""
+        return await self.executor.run(self.open_stream, language, priority=priority,
+                                       engine=self.engine)
+
+    async def open(self, on_hypotheses: HypothesisCallback, *, language: str | None = None,
+                   max_backlog_s: float = 30.0, priority: Priority = Priority.LIVE,
+                   on_error: ErrorCallback | None = None, report_empty: bool = False) -> StreamPump:
+        """A new stream in a pump (see :class:`StreamPump` for the options)."""
+        stream = await self.open_raw(language, priority=priority)
+        return StreamPump(self.executor, stream, on_hypotheses, engine=self.engine,
+                          max_backlog_s=max_backlog_s, priority=priority, on_error=on_error,
+                          report_empty=report_empty)

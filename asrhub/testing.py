@@ -91,10 +91,16 @@ def free_port() -> int:
 
 
 def make_hub(sections: dict[str, Any] | None = None, *, only: Iterable[str] | None = None,
-             extra_plugins: Iterable[object] = ()) -> Hub:
+             extra_plugins: Iterable[object] = (), fake_engines: bool = False) -> Hub:
     """A hub on 127.0.0.1. With ``only``, every other protocol is disabled and the named ones
-    get free ports (unless their section sets one)."""
+    get free ports (unless their section sets one). ``fake_engines``: the deterministic
+    :class:`FakeASR`/:class:`FakeVAD` are the hub's ASR and VAD engines (no model loads)."""
     sections = {k: dict(v) if isinstance(v, dict) else v for k, v in (sections or {}).items()}
+    if fake_engines:
+        extra_plugins = [*extra_plugins, FakeEngines()]
+        engines = sections.setdefault("engines", {})
+        engines.setdefault("asr", "fake")
+        engines.setdefault("vad", "fake_vad")
     server = {"host": "127.0.0.1", "preload": False, **sections.pop("server", {})}
     if not server.get("state_dir"):
         # Never the user's real state (voiceprints, file tasks): a fresh directory per hub.
@@ -194,3 +200,358 @@ class EchoPlugin:
     @hookimpl
     def asrhub_register_protocols(self) -> list[ProtocolSpec]:
         return [ProtocolSpec("echo", 1, "echo for tests", _echo_setup, EchoSettings)]
+
+
+# ----------------------------------------------------------------------------- fake engines
+#
+# One deterministic stand-in for the engines, for every plugin's socket-free session tests and
+# for server tests that check the protocol rather than recognition (limits, bad input). They
+# recognise no speech: the ASR counts audio, the VAD measures energy. Tests that assert text use
+# the real engines on real recordings.
+
+
+class FakeASRStream:
+    """An :class:`~asrhub.engine.ASRStream` that counts: each full ``word_s`` of audio received
+    is one word, ``w1``, ``w2``, ... (numbered from the start of the stream, from 1 again after
+    :meth:`reset`). An utterance ends after ``utterance_words`` words (0 = never) or at a VAD
+    "end" event when the stream was opened with a VAD stream: ``accept`` returns it as a final
+    hypothesis, then a partial with the words of the utterance in progress, if it has any.
+    ``finish`` returns the utterance in progress as final. Hypotheses carry ``confidence``.
+
+    Failure and load: ``delay_s`` sleeps in every ``accept`` (a slow engine); from the
+    ``fail_from_call``-th ``accept`` on (1-based, 0 = never) it raises ``EngineError("engine
+    exploded")``. Records: ``calls``, ``accepted`` (samples per call), ``threads`` (names of
+    the threads that called), ``finished``, ``reset_calls``, ``language``.
+    """
+
+    def __init__(self, *, word_s: float = 0.5, utterance_words: int = 3, confidence: float = 0.8,
+                 delay_s: float = 0.0, fail_from_call: int = 0, language: str | None = None,
+                 vad: Any = None) -> None:
+        self.word_samples = max(1, int(word_s * 16000))
+        self.utterance_words = utterance_words
+        self.confidence = confidence
+        self.delay_s = delay_s
+        self.fail_from_call = fail_from_call
+        self.language = language
+        self.vad = vad
+        self.calls = 0
+        self.accepted: list[int] = []
+        self.threads: set[str] = set()
+        self.finished = False
+        self.reset_calls = 0
+        self.samples = 0
+        self.utterance = 1
+        self.words: list[str] = []
+        self._utterance_start = 0
+
+    def accept(self, pcm: Any) -> list[Any]:
+        import threading
+        import time
+
+        self.calls += 1
+        self.threads.add(threading.current_thread().name)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_from_call and self.calls >= self.fail_from_call:
+            from asrhub.engine import EngineError
+
+            raise EngineError("engine exploded")
+        self.accepted.append(len(pcm))
+        out = []
+        ends = [e.sample for e in (self.vad.accept(pcm) if self.vad is not None else [])
+                if e.kind == "end"]
+        before = self.samples // self.word_samples
+        self.samples += len(pcm)
+        for n in range(before + 1, self.samples // self.word_samples + 1):
+            self.words.append(f"w{n}")
+            if len(self.words) == self.utterance_words:
+                out.append(self._final(n * self.word_samples))
+        if ends and self.words:
+            out.append(self._final(self.samples))
+        if self.words:
+            out.append(self._hypothesis(False))
+        return out
+
+    def finish(self) -> list[Any]:
+        self.finished = True
+        if self.vad is not None:
+            self.vad.finish()
+        return [self._final(self.samples)] if self.words else []
+
+    def reset(self) -> None:
+        self.reset_calls += 1
+        self.samples = 0
+        self.words = []
+        self._utterance_start = 0
+        if self.vad is not None:
+            self.vad.reset()
+
+    def _final(self, end: int) -> Any:
+        hyp = self._hypothesis(True, end)
+        self.words = []
+        self.utterance += 1
+        self._utterance_start = end
+        return hyp
+
+    def _hypothesis(self, final: bool, end: int | None = None) -> Any:
+        from asrhub.engine import Hypothesis
+
+        end = self.samples if end is None else end
+        return Hypothesis(" ".join(self.words), final, self.utterance,
+                          self._utterance_start / 16000, end / 16000,
+                          confidence=self.confidence, language=self.language)
+
+
+class FakeASR:
+    """An :class:`~asrhub.engine.ASREngine` whose streams are :class:`FakeASRStream` s (made
+    with ``stream_options``; ``streams`` lists them) and whose ``transcribe`` counts the same
+    way (a segment per utterance)."""
+
+    name = "fake"
+    model_name = "fake"
+
+    def __init__(self, **stream_options: Any) -> None:
+        self.stream_options = stream_options
+        self.streams: list[FakeASRStream] = []
+
+    def open_stream(self, *, language: str | None = None, vad: Any = None) -> FakeASRStream:
+        stream = FakeASRStream(**{"language": language, "vad": vad, **self.stream_options})
+        self.streams.append(stream)
+        return stream
+
+    def transcribe(self, audio: Any, *, language: str | None = None, word_timestamps: bool = False,
+                   progress: Any = None) -> Any:
+        from asrhub.engine import Segment, Transcript
+
+        stream = FakeASRStream(**{**self.stream_options, "delay_s": 0.0, "fail_from_call": 0,
+                                  "language": language})
+        hyps = [h for h in [*stream.accept(audio), *stream.finish()] if h.is_final]
+        if progress is not None:
+            progress(1.0)
+        segments = [Segment(h.start, h.end, h.text, confidence=h.confidence) for h in hyps]
+        return Transcript(" ".join(h.text for h in hyps), language, len(audio) / 16000, segments)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeVADStream:
+    """A :class:`~asrhub.engine.VADStream` on energy: a 512-sample frame is speech when its RMS
+    is at least ``threshold``. "start" (at the first speech frame) once ``start_frames`` speech
+    frames followed each other; "end" (at the first silent frame) once ``end_frames`` silent
+    frames did. ``silence_since`` is the start of the pause in progress inside speech."""
+
+    FRAME = 512
+
+    def __init__(self, *, threshold: float = 0.01, start_frames: int = 3, end_frames: int = 10) -> None:
+        self.threshold = threshold
+        self.start_frames = start_frames
+        self.end_frames = end_frames
+        self.reset()
+
+    def reset(self) -> None:
+        import numpy as np
+
+        self._carry = np.zeros(0, np.float32)
+        self.pos = 0  # samples judged so far
+        self.in_speech = False
+        self._run = 0
+        self._run_start = 0
+        self.silence_since: int | None = None
+
+    def accept(self, pcm: Any) -> list[Any]:
+        import numpy as np
+
+        from asrhub.engine import VADEvent
+
+        data = np.concatenate([self._carry, np.asarray(pcm, np.float32)])
+        whole = len(data) // self.FRAME * self.FRAME
+        self._carry = data[whole:]
+        events = []
+        for begin in range(0, whole, self.FRAME):
+            frame = data[begin:begin + self.FRAME]
+            speech = float(np.sqrt(np.mean(frame * frame))) >= self.threshold
+            if speech != self.in_speech:  # a frame against the current state
+                if self._run == 0:
+                    self._run_start = self.pos
+                self._run += 1
+                if not self.in_speech:
+                    if self._run >= self.start_frames:
+                        self.in_speech, self._run = True, 0
+                        events.append(VADEvent("start", self._run_start))
+                else:
+                    self.silence_since = self._run_start
+                    if self._run >= self.end_frames:
+                        self.in_speech, self._run, self.silence_since = False, 0, None
+                        events.append(VADEvent("end", self._run_start))
+            else:
+                self._run = 0
+                self.silence_since = None
+            self.pos += self.FRAME
+        return events
+
+    def finish(self) -> list[Any]:
+        from asrhub.engine import VADEvent
+
+        if not self.in_speech:
+            return []
+        end = self.silence_since if self.silence_since is not None else self.pos + len(self._carry)
+        self.in_speech, self._run, self.silence_since = False, 0, None
+        return [VADEvent("end", end)]
+
+
+class FakeVAD:
+    """A :class:`~asrhub.engine.VADEngine` of :class:`FakeVADStream` s."""
+
+    name = "fake"
+
+    def __init__(self, **stream_options: Any) -> None:
+        self.stream_options = stream_options
+
+    def open_stream(self) -> FakeVADStream:
+        return FakeVADStream(**self.stream_options)
+
+    def speech_regions(self, audio: Any) -> list[tuple[int, int]]:
+        stream = self.open_stream()
+        events = [*stream.accept(audio), *stream.finish()]
+        regions, start = [], None
+        for event in events:
+            if event.kind == "start":
+                start = event.sample
+            elif start is not None:
+                regions.append((start, event.sample))
+                start = None
+        return regions
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class FakeASRSettings:
+    word_s: float = 0.5
+    utterance_words: int = 3
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FakeVADSettings:
+    threshold: float = 0.01
+
+
+class FakeEngines:
+    """Registers :class:`FakeASR` as the ASR engine ``fake`` and :class:`FakeVAD` as the VAD
+    engine ``fake_vad`` (``[engines] asr = "fake"``, ``vad = "fake_vad"``; ``[engines.fake]``
+    takes FakeASRSettings' keys, ``[engines.fake_vad]`` FakeVADSettings'). ``make_hub(...,
+    fake_engines=True)`` registers them and selects them unless ``[engines]`` names others."""
+
+    @hookimpl
+    def asrhub_register_asr_engines(self) -> list[Any]:
+        from asrhub.specs import EngineSpec
+
+        return [EngineSpec("fake", "counts audio (tests)",
+                           lambda s, hub: FakeASR(word_s=s.word_s, utterance_words=s.utterance_words,
+                                                  delay_s=s.delay_s), FakeASRSettings)]
+
+    @hookimpl
+    def asrhub_register_vad_engines(self) -> list[Any]:
+        from asrhub.specs import EngineSpec
+
+        return [EngineSpec("fake_vad", "energy VAD (tests)",
+                           lambda s, hub: FakeVAD(threshold=s.threshold), FakeVADSettings)]
+
+
+# ----------------------------------------------------------------------------- sessions
+
+
+class RecordingChannel:
+    """A :class:`~asrhub.protocol.Channel` for socket-free session tests: what the session
+    sends is kept in ``sent`` (JSON messages decoded back, so they are known to serialise;
+    text and bytes as they are), error codes in ``errors``, a close in ``closed_with``.
+    ``error_message`` is the protocol's envelope (its route's), as the core would apply it."""
+
+    def __init__(self, error_message: Any = None, *, protocol: str = "test") -> None:
+        import time
+
+        self.error_message = error_message or (lambda err: {"type": "error", "code": err.code,
+                                                            "message": err.message})
+        self.protocol = protocol
+        self.conn_id = f"{protocol}-test"
+        self.peer = "127.0.0.1"
+        self.opened = time.monotonic()
+        self.sent: list[Any] = []
+        self.errors: list[str | int] = []
+        self.closed_with: tuple[int, str] | None = None
+        self.close_reason = "client closed"
+        self.close_code: int | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_with is not None
+
+    @property
+    def errors_sent(self) -> int:
+        return len(self.errors)
+
+    def send_json(self, message: Any) -> None:
+        import json
+
+        from asrhub.protocol import dumps
+
+        if not self.closed:
+            self.sent.append(json.loads(dumps(message)))
+
+    def send_text(self, text: str) -> None:
+        if not self.closed:
+            self.sent.append(text)
+
+    def send_bytes(self, data: bytes) -> None:
+        if not self.closed:
+            self.sent.append(bytes(data))
+
+    def send_error(self, err: ProtocolError) -> None:
+        self.count_error(err.code)
+        envelope = self.error_message(err)
+        if isinstance(envelope, bytes):
+            self.send_bytes(envelope)
+        elif isinstance(envelope, str):
+            self.send_text(envelope)
+        elif envelope is not None:
+            self.send_json(envelope)
+        if err.fatal:
+            self.close_soon(err.close_code, err.message)
+
+    def count_error(self, code: str | int) -> None:
+        self.errors.append(code)
+
+    def close_soon(self, code: int = 1000, reason: str = "") -> None:
+        if self.closed_with is None:
+            self.closed_with = (code, reason)
+            self.close_code = code
+            if reason:
+                self.close_reason = reason
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.close_soon(code, reason)
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        pass
+
+    # helpers for tests
+    def types(self) -> list[Any]:
+        return [m.get("type") if isinstance(m, dict) else type(m).__name__ for m in self.sent]
+
+    def take(self) -> list[Any]:
+        out, self.sent[:] = list(self.sent), []
+        return out
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
+        """Until ``predicate(self.sent)`` holds (polls: no fixed sleeps); fails after ``timeout``."""
+        import asyncio
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not predicate(self.sent):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; sent so far: {self.sent!r}")
+            await asyncio.sleep(0.005)
