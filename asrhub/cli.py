@@ -313,8 +313,8 @@ def cmd_haproxy_config(args: argparse.Namespace) -> int:
     from asrhub.deploy import haproxy_config, routes_for
 
     hub = _build_hub(_load(args))
-    listeners = {lst.label: (lst.config.port, lst.spec.transport == "tcp")
-                 for lst in hub.enabled_listeners()}
+    listeners = {lst.label: (lst.config.port, lst.spec.transport == "tcp",
+                             lst.spec.instance_affinity) for lst in hub.enabled_listeners()}
     print(haproxy_config(routes_for(listeners, args.instances, args.port_offset), bind=args.bind,
                          stats_port=args.stats_port or None))
     return 0

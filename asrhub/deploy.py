@@ -22,6 +22,7 @@ class Route:
     public_port: int
     instance_ports: Sequence[int]
     tcp: bool = False  # a raw TCP protocol (Wyoming): no HTTP health check
+    sticky: bool = False  # state lives in the instance: balance by source address
 
 
 def haproxy_config(routes: Sequence[Route], *, bind: str = "0.0.0.0", instance_host: str = "127.0.0.1",
@@ -56,7 +57,8 @@ def haproxy_config(routes: Sequence[Route], *, bind: str = "0.0.0.0", instance_h
         mode = "tcp" if route.tcp else "http"
         lines += [f"frontend {name}", f"    mode {mode}", f"    bind {bind}:{route.public_port}",
                   f"    default_backend {name}_instances", ""]
-        lines += [f"backend {name}_instances", f"    mode {mode}", "    balance leastconn"]
+        balance = "source" if route.sticky else "leastconn"
+        lines += [f"backend {name}_instances", f"    mode {mode}", f"    balance {balance}"]
         if not route.tcp:
             lines += ["    option httpchk", "    http-check send meth GET uri /health",
                       "    http-check expect status 200", "    option forwardfor"]
@@ -66,9 +68,10 @@ def haproxy_config(routes: Sequence[Route], *, bind: str = "0.0.0.0", instance_h
     return "\n".join(lines)
 
 
-def routes_for(listeners: Mapping[str, tuple[int, bool]], instances: int,
+def routes_for(listeners: Mapping[str, tuple[int, bool, bool]], instances: int,
                port_offset: int = 1000) -> list[Route]:
     """Routes for ``instances`` instances whose ports are the public port + ``port_offset`` ×
-    instance number (the layout of ``systemd/asrhub@.service`` and ``deploy/README.md``)."""
-    return [Route(name, port, [port + port_offset * i for i in range(1, instances + 1)], tcp)
-            for name, (port, tcp) in listeners.items()]
+    instance number (the layout of ``systemd/asrhub@.service`` and ``deploy/README.md``);
+    ``listeners`` maps a listener to (public port, is TCP, needs instance affinity)."""
+    return [Route(name, port, [port + port_offset * i for i in range(1, instances + 1)], tcp, sticky)
+            for name, (port, tcp, sticky) in listeners.items()]

@@ -46,9 +46,17 @@ class ProtocolSpec:
     # ``setup_extra(ctx)``; its section is ``[protocols.<name>.<extra_name>]`` (listener keys).
     extra_ports: dict[str, int] = field(default_factory=dict)
     setup_extra: Callable[[ProtocolContext], None] | None = None
+    # True when a client must keep reaching the same instance behind a load balancer (its
+    # state lives in that instance): ``asrhub haproxy-config`` then balances by source address.
+    instance_affinity: bool = False
     # Engine kinds ("speaker", "voiceprints", "denoise", ...) to load before the server reports
     # ready, given the protocol's settings; the default ASR and VAD engines always are.
     preload: Callable[[Any], Iterable[str]] | None = None
+    # Checks that need the hub (e.g. "the engines these settings name exist"): ``check(settings,
+    # hub)`` raises ValueError; run for an enabled listener when the hub is built, so
+    # ``check-config`` refuses exactly what ``serve`` would. Settings-only checks go in the
+    # settings class's ``validate()``.
+    check: Callable[[Any, Hub], None] | None = None
 
 
 @dataclass(frozen=True)
