@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import json
 import math
@@ -98,7 +99,8 @@ class ListenerSettings:
     """Limits every listener has, under one name each; a protocol's settings class inherits
     from this and may override the defaults by redeclaring a field."""
 
-    # Open connections on this listener (0 = no limit), and from one peer address.
+    # Open connections on this listener (0 = no limit), and from one peer address (127.0.0.1
+    # and ::1, where a local reverse proxy connects from, are not limited per peer).
     max_connections: int = 64
     max_connections_per_peer: int = 16
     # Largest single message (WebSocket frame / framed TCP message). A larger one is answered
@@ -109,6 +111,10 @@ class ListenerSettings:
     max_outbox: int = 256
     # WebSocket ping interval; a client that answers no ping within it is closed (0 = off).
     heartbeat_s: float = 30.0
+    # How long after a ping a client may stay silent (no pong, no message) before it is closed;
+    # 0 = half of heartbeat_s (aiohttp's rule). A ping is only sent after heartbeat_s without
+    # a message, so a client is closed after heartbeat_s + this of silence.
+    heartbeat_timeout_s: float = 0.0
     # Largest HTTP request body on this listener (uploads, multipart forms).
     max_body_bytes: int = 64 * 1024 * 1024
 
@@ -121,6 +127,8 @@ class ListenerSettings:
             raise ValueError("max_outbox must be >= 1")
         if self.heartbeat_s < 0 or not math.isfinite(self.heartbeat_s):
             raise ValueError("heartbeat_s must be >= 0")
+        if self.heartbeat_timeout_s < 0 or not math.isfinite(self.heartbeat_timeout_s):
+            raise ValueError("heartbeat_timeout_s must be >= 0")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be >= 1024")
 
@@ -535,7 +543,9 @@ class Transport:
         live = self.live.get(ctx.name, set())
         if limits.max_connections and len(live) >= limits.max_connections:
             return f"too many connections (limit {limits.max_connections})"
-        if limits.max_connections_per_peer and peer not in ("", "?"):
+        # 127.0.0.1/::1 are exempt: behind a local reverse proxy (HAProxy, nginx) every client
+        # comes from there, and the proxy is the place to limit per client.
+        if limits.max_connections_per_peer and not _is_local_proxy(peer):
             same = sum(1 for item in live if item.peer == peer)
             if same >= limits.max_connections_per_peer:
                 return f"too many connections from {peer} (limit {limits.max_connections_per_peer})"
@@ -557,6 +567,8 @@ class Transport:
         limits = ctx.limits
         ws = web.WebSocketResponse(max_msg_size=limits.max_message_bytes * 4,
                                    heartbeat=limits.heartbeat_s or None)
+        if limits.heartbeat_s and limits.heartbeat_timeout_s:
+            ws._pong_heartbeat = limits.heartbeat_timeout_s  # aiohttp has no public knob for it
         await ws.prepare(request)
         peer = request.remote or "?"
         channel = WebSocketChannel(ctx, route, peer, limits.max_outbox, ws)
@@ -753,6 +765,15 @@ class Transport:
         pending = [t for t in self._handlers if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+
+
+def _is_local_proxy(peer: str) -> bool:
+    """127.0.0.1 and ::1: where a reverse proxy on the same host connects from."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer in ("", "?")
+    return address in (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 def _ws_close_code(channel: Channel) -> int | None:

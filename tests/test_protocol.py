@@ -86,26 +86,37 @@ async def test_errors_keep_the_connection_and_internal_failures_close_1011():
 
 
 async def test_connection_limits_per_listener_and_per_peer():
-    hub, port = echo_hub(max_connections=3, max_connections_per_peer=2)
+    hub, port = echo_hub(max_connections=4, max_connections_per_peer=2)
     server = await started(hub)
+    url = f"http://127.0.0.1:{port}/ws"
     try:
-        async with aiohttp.ClientSession() as http:
-            url = f"http://127.0.0.1:{port}/ws"
-            first = await http.ws_connect(url)
-            second = await http.ws_connect(url)
+        # A client on 127.0.0.2 is one peer; 127.0.0.1 (a local reverse proxy) is exempt.
+        remote = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=remote) as other, aiohttp.ClientSession() as local:
+            first = await other.ws_connect(url)
+            second = await other.ws_connect(url)
             for ws in (first, second):
                 assert (await ws.receive_json())["type"] == "hello"
-            third = await http.ws_connect(url)  # same peer: over the per-peer limit
+            third = await other.ws_connect(url)  # over the per-peer limit
             err = await third.receive_json()
-            assert err["code"] == "too_many_connections" and "127.0.0.1" in err["message"]
+            assert err["code"] == "too_many_connections" and "127.0.0.2" in err["message"]
             msg = await third.receive()
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1013
             # the others did not notice
             await first.send_str("a")
             assert (await first.receive_json()) == {"echo": "a"}
+            proxied = [await local.ws_connect(url) for _ in range(2)]  # not per-peer limited
+            for ws in proxied:
+                assert (await ws.receive_json())["type"] == "hello"
+            over = await local.ws_connect(url)  # but the listener's limit (4) holds
+            assert (await over.receive_json())["code"] == "too_many_connections"
+            assert (await over.receive()).type == aiohttp.WSMsgType.CLOSE
             await second.close()
-            await asyncio.sleep(0.05)
-            again = await http.ws_connect(url)
+            for _ in range(100):  # the server has let go of it
+                if len(server.transport.live["echo"]) <= 3:
+                    break
+                await asyncio.sleep(0.02)
+            again = await other.ws_connect(url)
             assert (await again.receive_json())["type"] == "hello"
     finally:
         await server.stop()
