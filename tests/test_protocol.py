@@ -85,6 +85,14 @@ async def test_errors_keep_the_connection_and_internal_failures_close_1011():
         await server.stop()
 
 
+async def settle(server: Server, open_connections: int) -> None:
+    """Wait until the server has let go of closed connections."""
+    for _ in range(200):
+        if len(server.transport.live["echo"]) <= open_connections:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def test_connection_limits_per_listener_and_per_peer():
     hub, port = echo_hub(max_connections=4, max_connections_per_peer=2)
     server = await started(hub)
@@ -102,6 +110,7 @@ async def test_connection_limits_per_listener_and_per_peer():
             assert err["code"] == "too_many_connections" and "127.0.0.2" in err["message"]
             msg = await third.receive()
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1013
+            await settle(server, 2)
             # the others did not notice
             await first.send_str("a")
             assert (await first.receive_json()) == {"echo": "a"}
@@ -112,10 +121,7 @@ async def test_connection_limits_per_listener_and_per_peer():
             assert (await over.receive_json())["code"] == "too_many_connections"
             assert (await over.receive()).type == aiohttp.WSMsgType.CLOSE
             await second.close()
-            for _ in range(100):  # the server has let go of it
-                if len(server.transport.live["echo"]) <= 3:
-                    break
-                await asyncio.sleep(0.02)
+            await settle(server, 3)
             again = await other.ws_connect(url)
             assert (await again.receive_json())["type"] == "hello"
     finally:
