@@ -87,6 +87,81 @@ def float_to_pcm16(audio: Audio) -> bytes:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
+class PcmStream:
+    """Raw interleaved PCM of any rate, sample width and channel count, chunk by chunk → mono
+    float32 16 kHz. soxr keeps its filter state between chunks (no clicks at chunk edges); a
+    chunk that ends inside a frame keeps those bytes for the next one.
+
+    Widths are the WAV conventions: 1 = unsigned 8-bit, 2/3/4 = signed 16/24/32-bit little
+    endian (Wyoming's ``audio-chunk`` uses the same).
+    """
+
+    MAX_RATE = 384_000
+    MAX_CHANNELS = 32
+
+    def __init__(self, rate: int, width: int, channels: int) -> None:
+        for name, value in (("rate", rate), ("width", width), ("channels", channels)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise AudioError(f"{name} must be an integer, got {value!r}", "invalid_format")
+        if not 1000 <= rate <= self.MAX_RATE:
+            raise AudioError(f"sample rate {rate} Hz is not supported (1000-{self.MAX_RATE})",
+                             "invalid_format")
+        if width not in (1, 2, 3, 4):
+            raise AudioError(f"sample width {width} is not supported (1, 2, 3 or 4 bytes)",
+                             "invalid_format")
+        if not 1 <= channels <= self.MAX_CHANNELS:
+            raise AudioError(f"{channels} channels are not supported (1-{self.MAX_CHANNELS})",
+                             "invalid_format")
+        self.rate, self.width, self.channels = rate, width, channels
+        self.frame_bytes = width * channels
+        self.frames_in = 0
+        self._rest = b""
+        self._resampler = (soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+                           if rate != SAMPLE_RATE else None)
+
+    @property
+    def seconds_in(self) -> float:
+        return self.frames_in / self.rate
+
+    def convert(self, data: bytes | bytearray | memoryview) -> Audio:
+        """The 16 kHz mono audio these bytes complete (may be empty: soxr has a short delay)."""
+        data = self._rest + bytes(data)
+        usable = len(data) - len(data) % self.frame_bytes
+        self._rest = data[usable:]
+        if not usable:
+            return np.zeros(0, np.float32)
+        self.frames_in += usable // self.frame_bytes
+        mono = self._mono(data[:usable])
+        if self._resampler is None:
+            return mono
+        return self._resampler.resample_chunk(mono, last=False).astype(np.float32, copy=False)
+
+    def flush(self) -> Audio:
+        """End of the stream: what the resampler still holds (an incomplete frame is dropped)."""
+        self._rest = b""
+        if self._resampler is None:
+            return np.zeros(0, np.float32)
+        tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        return tail.astype(np.float32, copy=False)
+
+    def _mono(self, data: bytes) -> Audio:
+        if self.width == 1:
+            samples = (np.frombuffer(data, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+        elif self.width == 2:
+            samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        elif self.width == 3:
+            raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+            value = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
+            value = np.where(value >= 1 << 23, value - (1 << 24), value)
+            samples = value.astype(np.float32) / float(1 << 23)
+        else:
+            samples = (np.frombuffer(data, dtype="<i4").astype(np.float64) / 2147483648.0
+                       ).astype(np.float32)
+        if self.channels > 1:
+            samples = samples.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        return np.ascontiguousarray(samples, dtype=np.float32)
+
+
 # ----------------------------------------------------------------------- containers
 
 

@@ -1,0 +1,1 @@
+"""asrhub plugin: the Wyoming protocol (Home Assistant's voice pipeline) on TCP port 10300."""
