@@ -154,6 +154,11 @@ class Hub:
                                       enabled_by_default=spec.enabled_by_default)
             settings: Any = build_settings(spec.settings_class, own,
                                       f"{self.config.source}: [protocols.{name}]")
+            if spec.check is not None and lc.enabled:
+                try:
+                    spec.check(settings, self)
+                except ValueError as exc:
+                    raise ConfigError(f"{self.config.source}: [protocols.{name}] {exc}") from None
             listeners.append(Listener(spec, lc, settings))
             for extra, default_port in spec.extra_ports.items():
                 section = extra_raw.get(extra, {})
