@@ -1,4 +1,5 @@
-"""aiohttp glue: the WebSocket on :9200 and the static HTTP service on :9201."""
+"""The adapter: the WebSocket on :9200 (the core's transport, the seed's error envelope and
+codes) and the static HTTP service on :9201."""
 
 from __future__ import annotations
 
@@ -6,67 +7,28 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
-import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
 
-from asrhub.appkeys import HUB_KEY
-from asrhub.connection import websocket_connection
 from asrhub.paths import web_dir
+from asrhub.protocol import Channel, ProtocolContext, WebSocketRoute
 
-from . import messages as msg
-from .session import Services, VadStreamSession
+from .messages import CODES, error_message
+from .session import VadStreamSession
 from .settings import VadStreamSettings
-
-log = structlog.get_logger("asrhub.vad_stream")
 
 PROTOCOL = "vad_stream"
 
 
-def make_ws_handler(settings: VadStreamSettings):
-    async def ws_handler(request: web.Request) -> web.StreamResponse:
-        if not web.WebSocketResponse().can_prepare(request).ok:
-            info = request.app[HUB_KEY].service_info()
-            return web.json_response({"protocol": PROTOCOL, "message": "connect with a WebSocket "
-                                      "client: binary PCM int16 LE 16 kHz mono and JSON commands",
-                                      **info}, status=426, headers={"Upgrade": "websocket"})
-        hub = request.app[HUB_KEY]
-        async with websocket_connection(
-                request, PROTOCOL, max_msg_size=settings.max_message_bytes,
-                heartbeat=settings.ping_interval_s, max_outbox=settings.max_outbox,
-                max_connections=settings.max_connections) as conn:
-            if getattr(conn, "over_limit", False):
-                conn.send_json(msg.error(msg.ErrorCode.PROCESSING,
-                                         f"too many connections (limit {settings.max_connections})"))
-                hub.count_error(PROTOCOL, int(msg.ErrorCode.PROCESSING))
-                await conn.close(WSCloseCode.TRY_AGAIN_LATER, "too many connections")
-                return conn.ws
+def route(ctx: ProtocolContext) -> WebSocketRoute:
+    def open_session(channel: Channel, request: Any) -> VadStreamSession:
+        return VadStreamSession(channel, ctx, ctx.settings)  # the settings of now (SIGHUP)
 
-            def send(message: dict[str, Any]) -> None:
-                if message.get("type") == "error":
-                    hub.count_error(PROTOCOL, message["code"])
-                conn.send_json(message)
+    async def usage(request: web.Request) -> web.Response:
+        return web.json_response({"protocol": PROTOCOL, "message": "connect with a WebSocket "
+                                  "client: binary PCM int16 LE 16 kHz mono and JSON commands",
+                                  **ctx.service_info()}, status=426, headers={"Upgrade": "websocket"})
 
-            session = VadStreamSession(settings, Services.from_hub(hub, settings), send)
-            await session.start()
-            try:
-                async for message in conn.ws:
-                    if message.type == WSMsgType.BINARY:
-                        await session.on_binary(message.data)
-                    elif message.type == WSMsgType.TEXT:
-                        await session.on_text(message.data)
-                    elif message.type == WSMsgType.ERROR:
-                        conn.close_reason = f"websocket error: {conn.ws.exception()}"
-                        break
-                    if conn.closed:
-                        break
-            finally:
-                await session.close()
-                conn.audio_seconds = session.audio_seconds
-                conn.processing_seconds = session.processing_seconds
-                conn.summary_extra.update(dict(session.stats))
-        return conn.ws
-
-    return ws_handler
+    return WebSocketRoute("/", open_session, error_message, CODES, http_get=usage)
 
 
 # ----------------------------------------------------------------------------- static HTTP

@@ -2,16 +2,21 @@
 
 Client → server: binary PCM int16 LE 16 kHz mono, or a JSON object ``{"command": ...}``.
 Server → client: JSON objects with a ``type``. Nothing here touches a socket; parsing raises
-:class:`ProtocolError` carrying the seed's own error code.
+the core's :class:`~asrhub.protocol.ProtocolError` carrying the seed's own (integer) error code;
+:data:`CODES` maps the errors the core detects itself onto the seed's table.
 """
 
 from __future__ import annotations
 
 import enum
-import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from asrhub.language import parse_language as _parse_language
+from asrhub.protocol import ErrorCodes, ProtocolError, loads
+from asrhub.speakers import check_speaker_id
 
 
 class ErrorCode(enum.IntEnum):
@@ -32,13 +37,13 @@ class ErrorCode(enum.IntEnum):
     SPEAKER_NOT_REGISTERED = 16  # 目标说话人未注册
 
 
-class ProtocolError(Exception):
-    """A client-visible error: becomes ``{"type": "error", "code": ..., "message": ...}``."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+CODES = ErrorCodes(
+    bad_message=int(ErrorCode.INVALID_JSON),
+    too_big=int(ErrorCode.PROCESSING),
+    busy=int(ErrorCode.PROCESSING),
+    internal=int(ErrorCode.PROCESSING),
+    too_many_connections=int(ErrorCode.PROCESSING),
+)
 
 
 COMMANDS = (
@@ -47,19 +52,6 @@ COMMANDS = (
     "speaker_register_start", "speaker_register_end",
     "speaker_verify_enable", "speaker_verify_disable", "speaker_list",
 )
-
-MAX_USER_ID_LENGTH = 128
-
-# batch_start "language": the seed's names (默认 "中文") and plain language codes.
-LANGUAGE_NAMES = {
-    "中文": "zh", "普通话": "zh", "汉语": "zh", "chinese": "zh", "mandarin": "zh",
-    "英文": "en", "英语": "en", "english": "en",
-    "粤语": "yue", "cantonese": "yue",
-    "日文": "ja", "日语": "ja", "japanese": "ja",
-    "韩文": "ko", "韩语": "ko", "korean": "ko",
-    "自动": "auto", "auto": "auto",
-}
-
 
 @dataclass(frozen=True)
 class Command:
@@ -78,38 +70,43 @@ def now_ms() -> int:
 
 def parse_language(value: str) -> str:
     """A seed language name (``"中文"``) or a language code → a language code, or "auto"."""
-    key = value.strip().lower()
-    if key in LANGUAGE_NAMES:
-        return LANGUAGE_NAMES[key]
-    if 2 <= len(key) <= 3 and key.isascii() and key.isalpha():
-        return key
-    raise ProtocolError(ErrorCode.INVALID_JSON, f"unsupported language: {value!r}")
+    try:
+        return _parse_language(value)
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, str(exc)) from None
 
 
 def _user_id(data: dict[str, Any], code: ErrorCode) -> str | None:
-    """The ``user_id`` field, or None when it is missing or empty (the caller decides)."""
+    """The ``user_id`` field, or None when it is missing or empty (the caller decides). An id
+    the voiceprint store would not take (charset, length: :func:`asrhub.speakers.check_speaker_id`)
+    is ``code``."""
     value = data.get("user_id")
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str):
         raise ProtocolError(code, "user_id must be a string")
-    value = value.strip()
-    if len(value) > MAX_USER_ID_LENGTH:
-        raise ProtocolError(code, f"user_id longer than {MAX_USER_ID_LENGTH} characters")
-    return value
+    try:
+        return check_speaker_id(value.strip())
+    except ValueError as exc:
+        raise ProtocolError(code, f"invalid user_id: {exc}") from None
+
+
+def _shown(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def parse_command(text: str) -> Command:
-    """A text frame → :class:`Command`. Raises :class:`ProtocolError` (code 1 or 3)."""
+    """A text frame → :class:`Command`. Raises :class:`ProtocolError` with the seed's code."""
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise ProtocolError(ErrorCode.INVALID_JSON, "Invalid JSON message") from None
+        data = loads(text)
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"Invalid JSON message: {exc}"[:200]) from None
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.INVALID_JSON, "Invalid JSON message: expected an object")
     name = data.get("command")
     if not isinstance(name, str) or name not in COMMANDS:
-        raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"Unknown command: {name}")
+        raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"Unknown command: {_shown(name)}")
     if name == "speaker_register_start":
         return Command(name, user_id=_user_id(data, ErrorCode.REGISTER_MISSING_USER))
     if name == "speaker_verify_enable":
@@ -119,8 +116,8 @@ def parse_command(text: str) -> Command:
         return Command(name, user_id=_user_id(data, ErrorCode.VERIFY_MISSING_USER), required=required)
     if name == "batch_start":
         rate = data.get("sample_rate", 16000)
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or rate != int(rate) \
-                or not 8000 <= rate <= 48000:
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) \
+                or rate != int(rate) or not 8000 <= rate <= 48000:
             raise ProtocolError(ErrorCode.INVALID_JSON,
                                 "sample_rate must be a whole number of Hz from 8000 to 48000")
         language = data.get("language")
@@ -136,6 +133,11 @@ def parse_command(text: str) -> Command:
 
 def error(code: ErrorCode | int, message: str) -> dict[str, Any]:
     return {"type": "error", "message": message, "code": int(code), "timestamp": now_ms()}
+
+
+def error_message(err: ProtocolError) -> dict[str, Any]:
+    """The seed's error envelope for any error (the route's ``error_message``)."""
+    return error(int(err.code), err.message)
 
 
 def pong() -> dict[str, Any]:

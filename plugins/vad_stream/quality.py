@@ -7,8 +7,8 @@ import re
 import numpy as np
 
 from asrhub.engine import SAMPLE_RATE, Audio
+from asrhub.segmenter import SpeechEnded
 
-from .segmenter import SpeechEnded
 from .settings import VadStreamSettings
 
 # CJK ideographs (basic, extension A, compatibility) and Latin letters (ASCII, Latin-1,

@@ -1,4 +1,4 @@
-"""One vad_stream connection as an explicit state machine.
+"""One vad_stream connection as an explicit state machine, on the protocol kit.
 
 Modes (the seed's 工作模式): STREAMING (default: audio goes through the VAD, each segment is
 filtered, optionally speaker-verified, then recognised), BATCH (audio is kept until
@@ -8,13 +8,16 @@ or restarts it).
 
 Work runs in two ordered stages so commands are answered while models run:
 
-1. the VAD stage: queued streaming audio → (noise suppression) → :class:`Segmenter`, one
-   executor call per wake-up, emitting ``speech_start`` / ``speech_end``;
+1. the VAD stage: the core's :class:`~asrhub.segmenter.SegmentPump` (bounded backlog →
+   optional noise suppression → :class:`~asrhub.segmenter.UtteranceSegmenter` with the seed's
+   dual hysteresis), emitting ``speech_start`` / ``speech_end``;
 2. the job stage: segments, batch jobs and registrations, one at a time in arrival order, so
    the results of one connection come out in order.
 
-Both queues are bounded. The session never touches a socket: it gets a ``send`` callable and
-its :class:`Services` (engines and the executor), so tests drive it with plain message lists.
+Both stages are bounded. The session talks to the client only through its
+:class:`~asrhub.protocol.Channel`; every engine call goes through :class:`Engines`, which tags
+it with its engine. Errors raised while handling a message are the core's to report; errors
+of the background stages are sent with ``channel.send_error``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import asyncio
 import collections
 import enum
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,28 +34,28 @@ import numpy as np
 import structlog
 
 from asrhub.audio import pcm16le_to_float, resample
-from asrhub.engine import (
-    SAMPLE_RATE,
-    ASREngine,
-    Audio,
-    Denoiser,
-    DenoiseStream,
-    SpeakerEngine,
-    VADEngine,
-    Voiceprint,
-    VoiceprintStore,
+from asrhub.engine import SAMPLE_RATE, Audio, DenoiseStream, EngineError, Voiceprint
+from asrhub.executor import ExecutorBusy, ExecutorClosed, Priority
+from asrhub.hub import EngineKind
+from asrhub.language import LanguagePin, language_code
+from asrhub.protocol import Channel, CloseInfo, ProtocolContext, ProtocolError, Session
+from asrhub.segmenter import (
+    SegmentEvent,
+    SegmentPump,
+    SpeechEnded,
+    SpeechStarted,
+    UtteranceSegmenter,
 )
-from asrhub.executor import Priority
+from asrhub.streaming import BacklogFull
 
 from . import messages as msg
-from .messages import Command, ErrorCode, ProtocolError
+from .messages import Command, ErrorCode
 from .quality import segment_rejection, text_rejection
-from .segmenter import Segmenter, SegmentEvent, SpeechEnded, SpeechStarted
 from .settings import VadStreamSettings
 
 log = structlog.get_logger("asrhub.vad_stream")
 
-Send = Callable[[dict[str, Any]], None]
+FLUSH_TIMEOUT_S = 30.0  # on server shutdown: time to finish the results of audio received
 
 
 class Mode(enum.Enum):
@@ -62,28 +65,32 @@ class Mode(enum.Enum):
     REGISTERING = "registering"
 
 
-@dataclass
-class Services:
-    """What a session needs from the hub: engines (loaded on first use) and the executor."""
+class Engines:
+    """How a session reaches the hub's engines: ``call(kind, fn, *args)`` runs ``fn(engine,
+    *args)`` in the inference executor, tagged with that engine (per-engine limits always
+    apply), and counts the time as the session's processing time."""
 
-    run: Callable[..., Awaitable[Any]]  # executor.run(fn, *args, priority=, engine=)
-    asr: Callable[[], Awaitable[ASREngine]]
-    vad: Callable[[], Awaitable[VADEngine]]
-    speaker: Callable[[], Awaitable[SpeakerEngine]]
-    voiceprints: Callable[[], Awaitable[VoiceprintStore]]
-    denoiser: Callable[[], Awaitable[Denoiser | None]]
+    def __init__(self, ctx: ProtocolContext, settings: VadStreamSettings) -> None:
+        self.ctx = ctx
+        self.names: dict[str, str | None] = {"asr": settings.asr_engine or None,
+                                             "denoise": settings.ns_engine or None}
+        self.processing_seconds = 0.0
 
-    @classmethod
-    def from_hub(cls, hub: Any, settings: VadStreamSettings) -> Services:
-        assert hub.executor is not None, "the hub has no executor (start a server or make_executor())"
-        return cls(
-            run=hub.executor.run,
-            asr=lambda: hub.asr(settings.asr_engine or None),
-            vad=hub.vad,
-            speaker=hub.speaker,
-            voiceprints=hub.voiceprints,
-            denoiser=lambda: hub.denoiser(settings.ns_engine or None),
-        )
+    async def call(self, kind: EngineKind, fn: Callable[..., Any], *args: Any,
+                   priority: Priority = Priority.LIVE) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self.ctx.infer(kind, fn, *args, priority=priority, name=self.names.get(kind))
+        finally:
+            self.processing_seconds += time.perf_counter() - started
+
+    async def run(self, fn: Callable[..., Any], *args: Any, priority: Priority = Priority.LIVE) -> Any:
+        """Plain CPU work (no engine) in the executor."""
+        return await self.ctx.executor.run(fn, *args, priority=priority)
+
+    async def speaker(self) -> Any:
+        """The speaker engine itself, for its name and threshold (loaded on first use)."""
+        return await self.ctx.hub.speaker()
 
 
 @dataclass(frozen=True)
@@ -111,43 +118,46 @@ class _RegisterJob:
     pcm: bytes
 
 
-PIN_LANGUAGE_AFTER_S = 2.0
-_FLUSH = object()  # in the audio queue: close the open segment (leaving streaming mode)
-
-
-def _reenrol(user_id: str, voiceprint: Voiceprint, speaker: SpeakerEngine) -> str:
+def _reenrol(user_id: str, voiceprint: Voiceprint, engine_name: str) -> str:
     return (f"Speaker {user_id} was registered with the {voiceprint.engine!r} speaker engine; "
-            f"register again to verify with {speaker.name!r}")
+            f"register again to verify with {engine_name!r}")
 
 
-def _language_code(value: str) -> str | None:
-    """A settings/command language → what the engine takes (None = detect)."""
-    code = msg.parse_language(value) if value else "auto"
-    return None if code == "auto" else code
+def _failure_message(exc: BaseException, what: str) -> str:
+    if isinstance(exc, ExecutorBusy):
+        return "server busy: inference queue full, try again later"
+    if isinstance(exc, ExecutorClosed):
+        return "server shutting down"
+    return f"{what} failed: {exc.__class__.__name__}: {exc}"[:300]
 
 
-class VadStreamSession:
-    def __init__(self, settings: VadStreamSettings, services: Services, send: Send) -> None:
+def make_segmenter(settings: VadStreamSettings, vad_stream: Any) -> UtteranceSegmenter:
+    """The seed's segmentation: 3 speech frames in, 10 silence frames out, pre-roll, a length cap."""
+    frame = settings.frame_samples
+    return UtteranceSegmenter(
+        vad_stream, enter_samples=settings.vad_speech_frames * frame,
+        exit_samples=settings.vad_silence_frames * frame,
+        prefix_samples=int(settings.prefix_padding_ms * SAMPLE_RATE / 1000),
+        history_samples=int(settings.buffer_max_s * SAMPLE_RATE),
+        max_samples=int(settings.max_segment_s * SAMPLE_RATE))
+
+
+class VadStreamSession(Session):
+    def __init__(self, channel: Channel, ctx: ProtocolContext, settings: VadStreamSettings) -> None:
+        self.channel = channel
         self.settings = settings
-        self.services = services
-        self._send = send
+        self.engines = Engines(ctx, settings)
         self.mode = Mode.STREAMING
         self._default_verification = (
             Verification(settings.speaker_verification_default_user.strip(), True)
             if settings.speaker_verification_required else None)
         self.verification = self._default_verification
         # streaming
-        self._audio: collections.deque[Any] = collections.deque()
-        self._audio_samples = 0  # queued, not yet through the VAD
-        self._audio_wake = asyncio.Event()
-        self._vad_idle = asyncio.Event()
-        self._vad_idle.set()
-        self._backlog_reported = False
         self._carry = b""  # odd byte of a PCM sample split across messages
-        self._segmenter: Segmenter | None = None
-        self._denoise_stream: DenoiseStream | None = None
-        self._stream_language: str | None = _language_code(settings.language)
-        self._detect_language = self._stream_language is None
+        self._backlog_reported = False
+        self._denoise: DenoiseStream | None = None
+        self.language = LanguagePin(settings.language or None)
+        self.pump = self._new_pump()
         self.segment_id = 0
         # batch / registration buffers
         self._buffer = bytearray()
@@ -157,77 +167,86 @@ class VadStreamSession:
         self._register_user: str | None = None
         # jobs
         self._jobs: asyncio.Queue[Any] = asyncio.Queue(settings.max_pending_jobs)
-        self._tasks: list[asyncio.Task[None]] = []
-        # accounting (the connection's summary line)
-        self.audio_seconds = 0.0
-        self.processing_seconds = 0.0
+        self._job_task: asyncio.Task[None] | None = None
         self.stats: collections.Counter[str] = collections.Counter()
-        self.closed = False
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ kit callbacks
 
-    async def start(self) -> None:
-        self._start_tasks()
-
-    def _start_tasks(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._vad_loop(), name="vad_stream-vad"),
-                       loop.create_task(self._job_loop(), name="vad_stream-jobs")]
-
-    async def _stop_tasks(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        # gather (not a loop of awaits): if *this* task is cancelled meanwhile, that still raises.
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(outcome, Exception):
-                log.error("vad_stream_task_failed", error=repr(outcome))
-
-    async def close(self) -> None:
-        """The connection is gone: stop all work (results would have no one to go to)."""
-        self.closed = True
-        await self._stop_tasks()
-
-    async def drain(self, timeout: float = 120.0) -> None:
-        """Wait until all audio and jobs received so far are processed (tests, clean shutdown)."""
-        async def idle() -> None:
-            while True:
-                await self._vad_idle.wait()
-                await self._jobs.join()
-                if self._vad_idle.is_set() and not self._audio and self._jobs.empty():
-                    return
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(idle(), timeout)
-
-    @property
-    def is_speeching(self) -> bool:
-        return self._segmenter is not None and self._segmenter.in_speech
-
-    # ------------------------------------------------------------------ input
+    async def on_open(self) -> None:
+        self._job_task = asyncio.get_running_loop().create_task(self._job_loop(), name="vad_stream-jobs")
 
     async def on_text(self, text: str) -> None:
         try:
             command = msg.parse_command(text)
             await getattr(self, f"_cmd_{command.name}")(command)
         except ProtocolError as exc:
-            self.error(exc.code, exc.message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the connection survives, the client is told
-            log.exception("vad_stream_command_failed")
-            self.error(ErrorCode.PROCESSING, f"{exc.__class__.__name__}: {exc}")
+            self._note_error(exc)
+            raise  # the core sends the seed's error message and counts it
 
     async def on_binary(self, data: bytes) -> None:
-        if not data:
-            return
-        if self.mode is Mode.STREAMING:
-            self._feed_streaming(data)
-        elif self.mode is Mode.BATCH:
-            self._feed_batch(data)
-        elif self.mode is Mode.REGISTERING:
-            self._feed_registration(data)
-        # BATCH_CANCELLED: dropped until batch_end / batch_start / reset
+        try:
+            if self.mode is Mode.STREAMING:
+                self._feed_streaming(data)
+            elif self.mode is Mode.BATCH:
+                self._feed_batch(data)
+            elif self.mode is Mode.REGISTERING:
+                self._feed_registration(data)
+            # BATCH_CANCELLED: dropped until batch_end / batch_start / reset
+        except ProtocolError as exc:
+            self._note_error(exc)
+            raise
+
+    async def on_close(self, info: CloseInfo) -> None:
+        if info.shutdown:  # the channel still sends: results for the audio already received
+            try:
+                await asyncio.wait_for(self._flush(), FLUSH_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - closing anyway (TimeoutError included)
+                log.warning("vad_stream_flush_incomplete", error=repr(exc))
+        await self._stop()
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.stats)
+
+    @property
+    def processing_seconds(self) -> float:  # type: ignore[override]
+        return self.engines.processing_seconds
+
+    @property
+    def is_speeching(self) -> bool:
+        return self.pump.in_speech
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _flush(self) -> None:
+        if self.mode is Mode.BATCH and len(self._buffer) // 2 / self._buffer_rate >= self.settings.batch_min_s:
+            await self._cmd_batch_end(Command("batch_end"))  # the batch received so far
+        await self.pump.finish()
+        await self._jobs.join()
+
+    async def _stop(self) -> None:
+        await self.pump.close()
+        task, self._job_task = self._job_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def drain(self, timeout: float = 120.0) -> None:
+        """Wait until all audio and jobs received so far are processed (tests)."""
+        async def idle() -> None:
+            while True:
+                await self.pump.drain()
+                await self._jobs.join()
+                if self.pump.backlog_seconds == 0 and self._jobs.empty():
+                    return
+
+        await asyncio.wait_for(idle(), timeout)
+
+    def _new_pump(self) -> SegmentPump:
+        return SegmentPump(self._open_segmenter, self._vad_call, self._segment_events,
+                           max_backlog_s=self.settings.max_backlog_s, on_error=self._vad_failed,
+                           transform=self._denoise_chunk)
+
+    # ------------------------------------------------------------------ input
 
     def _feed_streaming(self, data: bytes) -> None:
         if self._carry:
@@ -238,29 +257,25 @@ class VadStreamSession:
         if not data:
             return
         pcm = pcm16le_to_float(data)
-        limit = int(self.settings.max_backlog_s * SAMPLE_RATE)
-        if self._audio_samples + len(pcm) > limit:
+        try:
+            self.pump.feed(pcm)
+        except BacklogFull:
             if not self._backlog_reported:
                 self._backlog_reported = True
-                self.error(ErrorCode.PROCESSING, f"audio backlog over {self.settings.max_backlog_s:g} s: "
-                           "the server cannot keep up; audio is dropped")
+                raise ProtocolError(ErrorCode.PROCESSING, f"audio backlog over {self.settings.max_backlog_s:g} s: "
+                                    "the server cannot keep up; audio is dropped") from None
             return
-        if self._audio_samples < limit // 2:
+        if self.pump.backlog_seconds < self.settings.max_backlog_s / 2:
             self._backlog_reported = False
         self.audio_seconds += len(pcm) / SAMPLE_RATE
-        self._audio.append(pcm)
-        self._audio_samples += len(pcm)
-        self._vad_idle.clear()
-        self._audio_wake.set()
 
     def _feed_batch(self, data: bytes) -> None:
         limit = int(self.settings.batch_max_s * self._buffer_rate) * 2
         if len(self._buffer) + len(data) > limit:
             self._buffer = bytearray()
             self.mode = Mode.BATCH_CANCELLED
-            self.error(ErrorCode.PROCESSING, f"Audio duration exceeds maximum of "
-                       f"{self.settings.batch_max_s:g}s: the batch was cancelled")
-            return
+            raise ProtocolError(ErrorCode.PROCESSING, f"Audio duration exceeds maximum of "
+                                f"{self.settings.batch_max_s:g}s: the batch was cancelled")
         self._buffer += data
         self.audio_seconds += len(data) / 2 / self._buffer_rate
         if len(self._buffer) - self._buffer_reported >= self.settings.progress_interval_bytes:
@@ -287,13 +302,16 @@ class VadStreamSession:
     # ------------------------------------------------------------------ output
 
     def send(self, message: dict[str, Any]) -> None:
-        if not self.closed:
-            self._send(message)
+        self.channel.send_json(message)
 
-    def error(self, code: ErrorCode | int, message: str) -> None:
-        self.stats[f"error_{int(code)}"] += 1
-        log.info("vad_stream_error", code=int(code), message=message)
-        self.send(msg.error(code, message))
+    def _note_error(self, err: ProtocolError) -> None:
+        self.stats[f"error_{int(err.code)}"] += 1
+        log.info("vad_stream_error", code=int(err.code), message=err.message)
+
+    def error(self, err: ProtocolError) -> None:
+        """An error found outside the handling of a client message (the background stages)."""
+        self._note_error(err)
+        self.channel.send_error(err)
 
     # ------------------------------------------------------------------ commands
 
@@ -301,22 +319,18 @@ class VadStreamSession:
         self.send(msg.pong())
 
     async def _cmd_reset(self, command: Command) -> None:
-        await self._stop_tasks()
-        self._audio.clear()
-        self._audio_samples = 0
-        self._vad_idle.set()
-        self._audio_wake.clear()
+        await self._stop()
+        self.pump = self._new_pump()  # a fresh VAD stream on the next audio
+        self._denoise = None
         self._jobs = asyncio.Queue(self.settings.max_pending_jobs)
-        self._segmenter = None  # a fresh VAD stream on the next audio
-        self._denoise_stream = None
         self._carry = b""
         self._buffer = bytearray()
         self._register_user = None
         self.mode = Mode.STREAMING
         self.segment_id = 0
-        self._stream_language = _language_code(self.settings.language)
+        self.language.reset()
         self.verification = self._default_verification
-        self._start_tasks()
+        await self.on_open()
         if self._default_verification is not None:
             self.send(msg.reset_done("State reset (speaker verification re-enabled by global config)"))
         else:
@@ -344,8 +358,7 @@ class VadStreamSession:
             raise ProtocolError(ErrorCode.AUDIO_TOO_SHORT,
                                 f"Audio too short: {duration:.2f}s < {self.settings.batch_min_s:g}s")
         self.send(msg.batch_progress("recognizing", "Processing audio..."))
-        language = self._buffer_language
-        await self._jobs.put(_BatchJob(pcm, rate, language))
+        await self._jobs.put(_BatchJob(pcm, rate, self._buffer_language))
 
     async def _cmd_speaker_register_start(self, command: Command) -> None:
         if command.user_id is None:
@@ -387,8 +400,7 @@ class VadStreamSession:
         self.send(msg.verify_disabled())
 
     async def _cmd_speaker_list(self, command: Command) -> None:
-        store = await self.services.voiceprints()
-        voiceprints = await self.services.run(store.list)
+        voiceprints = await self._store_call(lambda store: store.list())
         self.send(msg.speaker_list([
             {"user_id": vp.speaker_id, "dimension": int(len(vp.embedding)),
              "registered_at": int(vp.created_at)}
@@ -396,11 +408,8 @@ class VadStreamSession:
 
     def _enter(self, mode: Mode) -> None:
         """Switch modes; leaving streaming closes a speech segment still open."""
-        if self.mode is Mode.STREAMING and mode is not Mode.STREAMING \
-                and (self._segmenter is not None or self._audio):
-            self._audio.append(_FLUSH)
-            self._vad_idle.clear()
-            self._audio_wake.set()
+        if self.mode is Mode.STREAMING and mode is not Mode.STREAMING:
+            self.pump.end_utterance()
         self.mode = mode
         self._carry = b""
         self._buffer = bytearray()
@@ -410,68 +419,29 @@ class VadStreamSession:
 
     # ------------------------------------------------------------------ stage 1: VAD
 
-    async def _vad_loop(self) -> None:
-        while True:
-            if not self._audio:
-                self._vad_idle.set()
-                await self._audio_wake.wait()
-            self._audio_wake.clear()
-            while self._audio:
-                item = self._audio.popleft()
-                try:
-                    if item is _FLUSH:
-                        if self._segmenter is not None:
-                            await self._segment_events(await self._run(self._segmenter.finish))
-                        continue
-                    chunks = [item]
-                    while self._audio and self._audio[0] is not _FLUSH:
-                        chunks.append(self._audio.popleft())
-                    pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-                    try:
-                        segmenter = await self._ensure_segmenter()
-                        events = await self._run(self._vad_step, segmenter, self._denoise_stream, pcm)
-                    finally:
-                        self._audio_samples -= len(pcm)
-                    await self._segment_events(events)
-                except asyncio.CancelledError:
-                    raise
-                except ProtocolError as exc:
-                    self.error(exc.code, exc.message)
-                except Exception as exc:  # noqa: BLE001 - report, start a fresh VAD stream
-                    log.exception("vad_stream_vad_failed")
-                    self._segmenter = None
-                    self._denoise_stream = None
-                    self.error(ErrorCode.PROCESSING, f"VAD failed: {exc.__class__.__name__}: {exc}")
+    async def _vad_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.engines.call("vad", lambda _vad, *a: fn(*a), *args)
 
-    async def _ensure_segmenter(self) -> Segmenter:
-        if self._segmenter is None:
-            s = self.settings
-            vad = await self.services.vad()
-            if vad is None:
-                raise ProtocolError(ErrorCode.PROCESSING, "no VAD engine is configured ([engines] vad)")
-            stream = await self._run(vad.open_stream)
-            if s.ns_enabled:
-                denoiser = await self.services.denoiser()
-                self._denoise_stream = await self._run(denoiser.open_stream) if denoiser else None
-            self._segmenter = Segmenter(
-                stream, frame_samples=s.frame_samples, speech_frames=s.vad_speech_frames,
-                silence_frames=s.vad_silence_frames,
-                prefix_samples=int(s.prefix_padding_ms * SAMPLE_RATE / 1000),
-                history_samples=int(s.buffer_max_s * SAMPLE_RATE),
-                max_segment_samples=int(s.max_segment_s * SAMPLE_RATE))
-        return self._segmenter
+    async def _open_segmenter(self) -> UtteranceSegmenter:
+        stream = await self.engines.call("vad", lambda vad: vad.open_stream())
+        self._denoise = None
+        if self.settings.ns_enabled:
+            self._denoise = await self.engines.call("denoise", lambda d: d.open_stream() if d else None)
+        return make_segmenter(self.settings, stream)
 
-    @staticmethod
-    def _vad_step(segmenter: Segmenter, denoise: DenoiseStream | None, pcm: Audio) -> list[SegmentEvent]:
-        if denoise is not None:
-            pcm = denoise.process(pcm)
-        return segmenter.accept(pcm)
+    def _denoise_chunk(self, pcm: Audio) -> Audio:  # in the executor, inside the VAD call
+        return self._denoise.process(pcm) if self._denoise is not None else pcm
+
+    async def _vad_failed(self, exc: Exception) -> None:
+        log.warning("vad_stream_vad_failed", error=repr(exc))
+        self.error(ProtocolError(ErrorCode.PROCESSING, _failure_message(exc, "VAD")))
 
     async def _segment_events(self, events: list[SegmentEvent]) -> None:
         for event in events:
             if isinstance(event, SpeechStarted):
                 self.send(msg.speech_start())
                 continue
+            assert isinstance(event, SpeechEnded)
             self.stats["segments"] += 1
             self.send(msg.speech_end(event.samples))
             reason = segment_rejection(event, self.settings)
@@ -497,10 +467,11 @@ class VadStreamSession:
             except asyncio.CancelledError:
                 raise
             except ProtocolError as exc:
-                self.error(exc.code, exc.message)
+                self.error(exc)
             except Exception as exc:  # noqa: BLE001 - the connection survives, the client is told
-                log.exception("vad_stream_job_failed", job=type(job).__name__)
-                self.error(ErrorCode.PROCESSING, f"Recognition failed: {exc.__class__.__name__}: {exc}")
+                if not isinstance(exc, EngineError | ExecutorBusy | ExecutorClosed | ValueError):
+                    log.exception("vad_stream_job_failed", job=type(job).__name__)
+                self.error(ProtocolError(ErrorCode.PROCESSING, _failure_message(exc, "Recognition")))
             finally:
                 jobs.task_done()
 
@@ -511,13 +482,9 @@ class VadStreamSession:
             if not verified and job.verification.required:
                 self.stats["segments_rejected_speaker"] += 1
                 return
-        language = self._stream_language
-        transcript = await self._transcribe(audio, language, Priority.LIVE)
-        if (self._detect_language and self._stream_language is None and transcript.language
-                and len(audio) >= PIN_LANGUAGE_AFTER_S * SAMPLE_RATE):
-            # Detect once per session, not per segment; a short first word is not enough.
-            self._stream_language = transcript.language
+        transcript = await self._transcribe(audio, self.language.language, Priority.LIVE)
         text = transcript.text.strip()
+        self.language.observe(transcript.language, len(audio) / SAMPLE_RATE, text)
         reason = text_rejection(text, self.settings)
         if reason is not None:
             self.stats["texts_filtered"] += 1
@@ -530,13 +497,13 @@ class VadStreamSession:
     async def _recognize_batch(self, job: _BatchJob) -> None:
         samples = len(job.pcm) // 2
 
-        def prepare() -> Audio:
-            return resample(pcm16le_to_float(job.pcm[: samples * 2]), job.sample_rate)
+        def prepare(pcm: bytes, rate: int) -> Audio:
+            return resample(pcm16le_to_float(pcm[: samples * 2]), rate)
 
-        audio = await self._run(prepare, priority=Priority.BATCH)
+        audio = await self.engines.run(prepare, job.pcm, job.sample_rate, priority=Priority.BATCH)
         audio = await self._denoise_whole(audio, Priority.BATCH)
-        language = job.language if job.language is not None else self.settings.language
-        transcript = await self._transcribe(audio, _language_code(language), Priority.BATCH)
+        language = job.language if job.language is not None else (self.settings.language or None)
+        transcript = await self._transcribe(audio, language_code(language), Priority.BATCH)
         self.stats["batches"] += 1
         self.send(msg.batch_result(transcript.text.strip(), samples, job.sample_rate))
         self.send(msg.batch_progress("complete", "Recognition complete"))
@@ -545,88 +512,94 @@ class VadStreamSession:
         audio = pcm16le_to_float(job.pcm[: len(job.pcm) // 2 * 2])
         duration = len(audio) / SAMPLE_RATE
         audio = await self._denoise_whole(audio, Priority.LIVE)
-        vad = await self.services.vad()
-        if vad is not None and not await self._run(vad.speech_regions, audio):
+        if not await self.engines.call("vad", lambda vad, a: vad.speech_regions(a), audio):
             raise ProtocolError(ErrorCode.EMBEDDING_FAILED,
                                 "Failed to extract speaker embedding: no speech in the audio")
-        speaker = await self.services.speaker()
-        embedding = await self._embed(speaker, audio)
-        store = await self.services.voiceprints()
+        embedding, engine_name = await self._embed(audio)
         voiceprint = Voiceprint(speaker_id=job.user_id, name=job.user_id, embedding=embedding,
-                                created_at=time.time(), audio_seconds=duration, engine=speaker.name)
-        await self._run(store.put, voiceprint)
+                                created_at=time.time(), audio_seconds=duration, engine=engine_name)
+        await self._store_call(lambda store, vp: store.put(vp), voiceprint)
         self.stats["registrations"] += 1
         log.info("speaker_registered", user_id=job.user_id, audio_s=round(duration, 3))
         self.send(msg.register_result(job.user_id, duration))
 
     # ------------------------------------------------------------------ speakers
 
+    async def _store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await self.engines.call("voiceprints", fn, *args)
+        except (EngineError, OSError) as exc:
+            raise ProtocolError(ErrorCode.PROCESSING, f"voiceprint store failed: {exc}"[:300]) from None
+
     async def _voiceprint(self, user_id: str) -> Voiceprint:
-        store = await self.services.voiceprints()
-        voiceprint = await self._run(store.get, user_id)
+        voiceprint = await self._store_call(lambda store, uid: store.get(uid), user_id)
         if voiceprint is None:
             raise ProtocolError(ErrorCode.SPEAKER_NOT_REGISTERED, f"Speaker {user_id} not registered")
         return voiceprint
 
     async def _verify(self, verification: Verification, audio: Audio) -> bool:
-        """Send ``speaker_verify_result`` (or error 16); True when the speaker matched."""
-        # Imported here: streaming ASR works without the speakers plugin installed.
-        from asrhub_plugins.speakers.matching import EngineMismatch, verify
+        """Send ``speaker_verify_result`` (or error 16); True when the speaker matched.
+
+        A segment the speaker engine cannot embed (too little speech for a voiceprint) is a
+        failed verification (``success: false``, score 0), not an error that loses the segment:
+        only ``required`` decides whether its text is still recognised."""
+        from asrhub.speakers import EngineMismatch, verify
 
         try:
             voiceprint = await self._voiceprint(verification.user_id)
         except ProtocolError as exc:
-            self.error(exc.code, exc.message)
+            self.error(exc)
             return False
-        speaker = await self.services.speaker()
-        if voiceprint.engine != speaker.name:
-            self.error(ErrorCode.SPEAKER_NOT_REGISTERED, _reenrol(verification.user_id, voiceprint, speaker))
+        speaker = await self.engines.speaker()
+        engine_name = speaker.name
+        if voiceprint.engine != engine_name:
+            self.error(ProtocolError(ErrorCode.SPEAKER_NOT_REGISTERED,
+                                     _reenrol(verification.user_id, voiceprint, engine_name)))
             return False
-        embedding = await self._embed(speaker, audio)
-        threshold = self.settings.speaker_threshold or speaker.default_threshold
+        threshold = self.settings.speaker_threshold or float(speaker.default_threshold)
         try:
+            embedding, _ = await self._embed(audio)
             outcome = verify(embedding, voiceprint, threshold)
+            accepted, score = outcome.accepted, outcome.score
         except EngineMismatch:
-            self.error(ErrorCode.SPEAKER_NOT_REGISTERED, _reenrol(verification.user_id, voiceprint, speaker))
+            self.error(ProtocolError(ErrorCode.SPEAKER_NOT_REGISTERED,
+                                     _reenrol(verification.user_id, voiceprint, engine_name)))
             return False
-        self.stats["verifications_passed" if outcome.accepted else "verifications_failed"] += 1
-        log.info("speaker_verified", user_id=verification.user_id, accepted=outcome.accepted,
-                 score=round(outcome.score, 4), threshold=threshold)
-        self.send(msg.verify_result(verification.user_id, outcome.accepted, outcome.score, threshold))
-        return outcome.accepted
+        except ProtocolError as exc:  # code 14: nothing to compare
+            log.info("speaker_not_embedded", user_id=verification.user_id, reason=exc.message)
+            accepted, score = False, 0.0
+        self.stats["verifications_passed" if accepted else "verifications_failed"] += 1
+        log.info("speaker_verified", user_id=verification.user_id, accepted=accepted,
+                 score=round(score, 4), threshold=threshold)
+        self.send(msg.verify_result(verification.user_id, accepted, score, threshold))
+        return accepted
 
-    async def _embed(self, speaker: SpeakerEngine, audio: Audio) -> np.ndarray:
+    async def _embed(self, audio: Audio) -> tuple[np.ndarray, str]:
+        """The speaker embedding of ``audio`` and the engine's name; code 14 when there is none."""
+        def embed(speaker: Any, pcm: Audio) -> tuple[np.ndarray, str]:
+            return np.asarray(speaker.embed(pcm), dtype=np.float32), speaker.name
+
         try:
-            embedding = np.asarray(await self._run(speaker.embed, audio), dtype=np.float32)
-        except asyncio.CancelledError:
+            embedding, name = await self.engines.call("speaker", embed, audio)
+        except (ExecutorBusy, ExecutorClosed):
             raise
         except Exception as exc:  # noqa: BLE001 - any engine failure is the seed's code 14
             raise ProtocolError(ErrorCode.EMBEDDING_FAILED,
-                                f"Failed to extract speaker embedding: {exc}") from exc
+                                f"Failed to extract speaker embedding: {exc}"[:300]) from exc
         if embedding.ndim != 1 or not np.all(np.isfinite(embedding)) or not np.any(embedding):
             raise ProtocolError(ErrorCode.EMBEDDING_FAILED,
                                 "Failed to extract speaker embedding: the engine returned no embedding")
-        return embedding
+        return embedding, name
 
     # ------------------------------------------------------------------ helpers
 
     async def _denoise_whole(self, audio: Audio, priority: Priority) -> Audio:
         if not self.settings.ns_enabled:
             return audio
-        denoiser = await self.services.denoiser()
-        if denoiser is None:
-            return audio
-        return await self._run(denoiser.denoise, audio, priority=priority)
+        return await self.engines.call(
+            "denoise", lambda d, a: d.denoise(a) if d is not None else a, audio, priority=priority)
 
     async def _transcribe(self, audio: Audio, language: str | None, priority: Priority) -> Any:
-        asr = await self.services.asr()
-        return await self._run(asr.transcribe, audio, language=language, priority=priority,
-                               engine=getattr(asr, "name", None))
-
-    async def _run(self, fn: Callable[..., Any], *args: Any, priority: Priority = Priority.LIVE,
-                   engine: str | None = None, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await self.services.run(fn, *args, priority=priority, engine=engine, **kwargs)
-        finally:
-            self.processing_seconds += time.perf_counter() - started
+        return await self.engines.call(
+            "asr", lambda asr, a, lang: asr.transcribe(a, language=lang), audio, language,
+            priority=priority)

@@ -23,16 +23,30 @@ Seed parameter → setting (defaults are the seed's unless noted):
 | ``SPEAKER_MAX_REGISTRATION_DURATION`` (30.0) | ``speaker_max_registration_s`` (audio past it is ignored) |
 | ``SPEAKER_VERIFICATION_REQUIRED`` (false) | ``speaker_verification_required`` |
 | ``SPEAKER_VERIFICATION_DEFAULT_USER`` ("") | ``speaker_verification_default_user`` |
-| 连接超时 60 s / Ping 间隔 20 s | ``ping_interval_s`` (WebSocket ping; a peer silent for half of it after a ping is closed) |
+| 连接超时 60 s / Ping 间隔 20 s | ``heartbeat_s`` = 20 (a WebSocket ping after 20 s without a message from the client) and ``heartbeat_timeout_s`` = 40 (no pong and no message for 40 s more: closed), so a client silent for 60 s is dropped |
+
+The shared listener limits (``max_connections``, ``max_connections_per_peer``,
+``max_message_bytes``, ``max_outbox``, ``heartbeat_s``, ``heartbeat_timeout_s``,
+``max_body_bytes``) come from :class:`asrhub.protocol.ListenerSettings`. What needs the hub
+(the engines exist; the language is one the hub knows) is checked by :func:`check` when the hub
+builds its listeners: ``asrhub check-config`` and ``asrhub serve`` refuse the same configs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from asrhub.language import parse_language
+from asrhub.protocol import ListenerSettings
+
+if TYPE_CHECKING:
+    from asrhub.hub import Hub
 
 
 @dataclass(frozen=True)
-class VadStreamSettings:
+class VadStreamSettings(ListenerSettings):
     # --- VAD segmentation (dual hysteresis on top of the hub's VAD engine)
     vad_speech_frames: int = 3
     vad_silence_frames: int = 10
@@ -64,27 +78,28 @@ class VadStreamSettings:
     speaker_max_registration_s: float = 30.0
     speaker_verification_required: bool = False
     speaker_verification_default_user: str = ""
-    # --- transport and bounds
-    ping_interval_s: float = 20.0
-    max_message_bytes: int = 1024 * 1024
-    max_connections: int = 0  # 0 = no limit
+    # --- transport (the seed's 连接超时 60 s / Ping 间隔 20 s) and bounds
+    heartbeat_s: float = 20.0
+    heartbeat_timeout_s: float = 40.0
     max_backlog_s: float = 30.0  # streaming audio waiting for the VAD
     max_pending_jobs: int = 16  # segments / batch / registration jobs waiting for a model
-    max_outbox: int = 256
     # --- the HTTP service on the extra "static" listener
     web_dir: str = ""  # "" = the bundled web/ folder
 
     def validate(self) -> None:
+        super().validate()
+        for name, value in vars(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number")
         positive = ("vad_speech_frames", "vad_silence_frames", "vad_frame_ms", "buffer_max_s",
-                    "max_segment_s", "batch_max_s", "progress_interval_bytes", "ping_interval_s",
-                    "max_message_bytes", "max_backlog_s", "max_pending_jobs", "max_outbox",
-                    "speaker_max_registration_s")
+                    "max_segment_s", "batch_max_s", "progress_interval_bytes", "max_backlog_s",
+                    "max_pending_jobs", "speaker_max_registration_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         not_negative = ("prefix_padding_ms", "energy_threshold", "speech_ratio_threshold",
                         "min_segment_s", "min_text_length", "batch_min_s", "speaker_threshold",
-                        "speaker_min_registration_s", "max_connections")
+                        "speaker_min_registration_s")
         for name in not_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -98,7 +113,32 @@ class VadStreamSettings:
             raise ValueError("batch_min_s exceeds batch_max_s")
         if self.speaker_verification_required and not self.speaker_verification_default_user.strip():
             raise ValueError("speaker_verification_required needs speaker_verification_default_user")
+        if self.language:
+            try:
+                parse_language(self.language)
+            except ValueError as exc:
+                raise ValueError(f"language: {exc}") from None
 
     @property
     def frame_samples(self) -> int:
         return self.vad_frame_ms * 16
+
+
+def check(settings: VadStreamSettings, hub: Hub) -> None:
+    """What the settings cannot see alone: the engines they need exist (raises ValueError).
+    Run by the hub for an enabled listener, in ``check-config`` as in ``serve``."""
+    needed = {"asr": hub.engine_name("asr", settings.asr_engine or None), "vad": hub.engine_name("vad")}
+    for kind, name in needed.items():
+        if name == "none":
+            raise ValueError(f"needs an {kind} engine ([engines] {kind} is \"none\")")
+    if settings.asr_engine and settings.asr_engine not in hub.engine_specs["asr"]:
+        raise ValueError(f"asr_engine: no ASR engine named {settings.asr_engine!r} (installed: "
+                         f"{', '.join(sorted(hub.engine_specs['asr'])) or 'none'})")
+    if settings.ns_enabled:
+        name = hub.engine_name("denoise", settings.ns_engine or None)
+        installed = ", ".join(sorted(hub.engine_specs["denoise"])) or "none"
+        if name == "none":
+            raise ValueError("ns_enabled needs a noise suppressor: set [engines] denoise or "
+                             f"ns_engine (installed: {installed})")
+        if name not in hub.engine_specs["denoise"]:
+            raise ValueError(f"ns_engine: no noise suppressor named {name!r} (installed: {installed})")

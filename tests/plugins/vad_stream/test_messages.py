@@ -93,3 +93,36 @@ def test_replies_carry_the_seed_fields():
     assert listing["count"] == 1 and listing["speakers"][0]["user_id"] == "a"
     # Chinese text goes out as UTF-8, not \\u escapes (the connection dumps with ensure_ascii=False).
     assert json.dumps(result, ensure_ascii=False).count("你好") == 1
+
+
+@pytest.mark.parametrize("rate", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1" + "0" * 500])
+def test_batch_start_sample_rate_that_is_no_number_is_code_1_with_a_clean_message(rate):
+    with pytest.raises(ProtocolError) as info:
+        parse_command('{"command": "batch_start", "sample_rate": ' + rate + "}")
+    assert int(info.value.code) == 1
+    text = info.value.message
+    assert "Error" not in text and "Traceback" not in text and "float" not in text, text
+    assert text.startswith(("Invalid JSON message", "sample_rate must be")), text
+
+
+def test_lone_surrogates_are_refused_and_never_break_encoding():
+    from asrhub.protocol import dumps
+
+    with pytest.raises(ProtocolError) as info:
+        parse_command('{"command": "\\ud800"}')
+    assert int(info.value.code) == 3
+    envelope = dumps(msg.error_message(info.value))
+    envelope.encode("utf-8")  # what the outbox writes: never a UnicodeEncodeError
+    for name, code in (("speaker_register_start", 10), ("speaker_verify_enable", 15)):
+        assert code_of('{"command": "' + name + '", "user_id": "a\\udc00b"}') == code
+
+
+@pytest.mark.parametrize("user_id", ["../x", "x\u0000y", "<script>", "a/b", "x" * 65, ".hidden"])
+def test_user_ids_the_store_would_not_take_are_refused(user_id):
+    assert code_of(json.dumps({"command": "speaker_register_start", "user_id": user_id})) == 10
+    assert code_of(json.dumps({"command": "speaker_verify_enable", "user_id": user_id})) == 15
+
+
+def test_deep_nesting_and_huge_integers_are_code_1():
+    assert code_of("[" * 100000 + "]" * 100000) == 1
+    assert code_of('{"command": "ping", "n": ' + "9" * 5000 + "}") == 1

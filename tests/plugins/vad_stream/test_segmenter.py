@@ -1,4 +1,4 @@
-"""The segmenter's dual hysteresis.
+"""The core's utterance segmenter (asrhub/segmenter.py) with vad_stream's dual hysteresis.
 
 The arithmetic is checked with a scripted VAD stream (raw regions reported at chosen delays, the
 way a streaming VAD reports them late); the behaviour on speech is checked with the hub's real
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from asrhub.engine import VADEvent
+from asrhub.segmenter import SpeechEnded, SpeechStarted, UtteranceSegmenter
 from asrhub_plugins.vad.silero import SileroSettings, SileroVAD
 from asrhub_plugins.vad_stream.quality import rms, segment_rejection, text_rejection
-from asrhub_plugins.vad_stream.segmenter import Segmenter, SpeechEnded, SpeechStarted
+from asrhub_plugins.vad_stream.session import make_segmenter
 from asrhub_plugins.vad_stream.settings import VadStreamSettings
 
 from .conftest import CLIP_GO, CLIP_NOT_ILL, samples
@@ -53,7 +54,7 @@ class ScriptedVAD:
         return self._due(10 ** 12)
 
 
-def run(segmenter: Segmenter, total: int, chunk: int = 320) -> list:
+def run(segmenter: UtteranceSegmenter, total: int, chunk: int = 320) -> list:
     """Feed ``total`` samples (a ramp, so segment audio can be located) in ``chunk`` pieces."""
     signal = (np.arange(total, dtype=np.float32) / 10 ** 7)
     events = []
@@ -62,11 +63,11 @@ def run(segmenter: Segmenter, total: int, chunk: int = 320) -> list:
     return events
 
 
-def make(regions, delays=(0, 0), **kwargs) -> Segmenter:
-    options = dict(frame_samples=FRAME, speech_frames=3, silence_frames=10, prefix_samples=4800,
-                   history_samples=32000, max_segment_samples=30 * 16000)
+def make(regions, delays=(0, 0), **kwargs) -> UtteranceSegmenter:
+    options = dict(enter_samples=3 * FRAME, exit_samples=10 * FRAME, prefix_samples=4800,
+                   history_samples=32000, max_samples=30 * 16000)
     options.update(kwargs)
-    return Segmenter(ScriptedVAD(regions, *delays), **options)
+    return UtteranceSegmenter(ScriptedVAD(regions, *delays), **options)
 
 
 def ends(events) -> list[SpeechEnded]:
@@ -116,7 +117,7 @@ def test_events_do_not_depend_on_chunking_or_reporting_delay():
 
 
 def test_long_speech_is_cut_at_max_segment_and_goes_on():
-    segmenter = make([(16000, 16000 * 12)], max_segment_samples=16000 * 5)
+    segmenter = make([(16000, 16000 * 12)], max_samples=16000 * 5, cut_search_samples=0)
     events = run(segmenter, 16000 * 14)
     cuts = ends(events)
     assert [type(e) for e in events] == [SpeechStarted, SpeechEnded] * 3
@@ -160,7 +161,7 @@ def test_silero_segments_two_utterances(silero):
     second = samples(CLIP_GO).astype(np.float32) / 32768
     audio = np.concatenate([quiet(0.5), first, quiet(1.5), second, quiet(1.5)])
     second_at = 8000 + len(first) + 24000
-    segmenter = Segmenter(silero.open_stream(), frame_samples=settings.frame_samples)
+    segmenter = make_segmenter(settings, silero.open_stream())
     events = []
     for begin in range(0, len(audio), 320):  # the seed's 20 ms messages
         events += segmenter.accept(audio[begin:begin + 320])

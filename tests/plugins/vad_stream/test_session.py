@@ -9,8 +9,10 @@ import pytest
 import pytest_asyncio
 
 from asrhub.hub import Hub
+from asrhub.protocol import ProtocolError
 from asrhub.testing import make_hub, wer
-from asrhub_plugins.vad_stream.session import Mode, Services, VadStreamSession
+from asrhub_plugins.vad_stream.handler import route
+from asrhub_plugins.vad_stream.session import Mode, VadStreamSession
 from asrhub_plugins.vad_stream.settings import VadStreamSettings
 
 from .conftest import (
@@ -18,8 +20,10 @@ from .conftest import (
     CLIP_GO,
     CLIP_NOT_ILL,
     ENGINES,
+    ListChannel,
     chunks,
     command,
+    context,
     pcm16,
     silence,
     transcript,
@@ -41,31 +45,44 @@ async def hub(tmp_path_factory: pytest.TempPathFactory):
 
 
 class Driver:
-    """One session, fed a list of messages; ``out`` is everything it sent."""
+    """One session on a :class:`ListChannel`, fed a list of messages; ``out`` is everything it
+    sent. A protocol error raised while handling a message is sent the way the core does."""
 
     def __init__(self, hub: Hub, **overrides: Any) -> None:
         self.settings = dataclasses.replace(VadStreamSettings(), **overrides)
-        self.out: list[dict] = []
-        self.session = VadStreamSession(self.settings, Services.from_hub(hub, self.settings),
-                                        self.out.append)
+        self.ctx = context(hub, self.settings)
+        self.hub = hub
+
+    @property
+    def out(self) -> list[dict]:
+        return self.channel.sent
 
     async def __aenter__(self) -> Driver:
-        await self.session.start()
+        self.channel = ListChannel(self.ctx, route(self.ctx))
+        self.session = VadStreamSession(self.channel, self.ctx, self.settings)
+        await self.session.on_open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
+        from asrhub.protocol import CloseInfo
+
+        await self.session.on_close(CloseInfo("client closed"))
+        await self.channel.close()
 
     async def feed(self, *messages: str | bytes | list) -> list[dict]:
         """Feed messages (a list is fed item by item), wait for all work; return what was sent."""
         start = len(self.out)
         for message in messages:
             for item in (message if isinstance(message, list) else [message]):
-                if isinstance(item, bytes):
-                    await self.session.on_binary(item)
-                else:
-                    await self.session.on_text(item)
+                try:
+                    if isinstance(item, bytes):
+                        await self.session.on_binary(item)
+                    else:
+                        await self.session.on_text(item)
+                except ProtocolError as err:
+                    self.channel.send_error(err)
         await self.session.drain()
+        await self.channel.settle()
         return self.out[start:]
 
 
@@ -245,10 +262,14 @@ async def test_leaving_streaming_mid_speech_closes_the_segment(hub):
 
 async def test_streaming_backlog_is_bounded(hub):
     async with Driver(hub, max_backlog_s=1.0) as d:
+        refused = []
         for _ in range(3):  # queued at once: the VAD task gets no turn in between
-            await d.session.on_binary(silence(0.4))
+            try:
+                await d.session.on_binary(silence(0.4))
+            except ProtocolError as err:
+                refused.append(err)
         await d.session.drain()
-        assert codes(d.out) == [2] and "backlog" in d.out[0]["message"]
+        assert [int(e.code) for e in refused] == [2] and "backlog" in refused[0].message
         assert d.session.audio_seconds == pytest.approx(0.8)
         assert await d.feed(command("ping")) == [{"type": "pong"}]
 
@@ -258,7 +279,7 @@ async def test_noise_suppression_when_enabled(hub):
     audio through its whole-recording path; speech still comes out as text."""
     async with Driver(hub, ns_enabled=True, ns_engine="rnnoise") as d:
         sent = await d.feed(chunks(utterance(CLIP_GO)))
-        assert d.session._denoise_stream is not None
+        assert d.session._denoise is not None
         assert kinds(sent) == ["speech_start", "speech_end", "result"]
         assert wer(transcript(CLIP_GO), sent[-1]["text"]) <= 0.25, sent[-1]["text"]
         sent = await d.feed(command("batch_start"), pcm16(CLIP_NOT_ILL), command("batch_end"))
@@ -267,4 +288,4 @@ async def test_noise_suppression_when_enabled(hub):
     assert hub.loaded_engine("denoise", "rnnoise") is not None
     async with Driver(hub) as d:  # off by default, as in the seed
         await d.feed(chunks(utterance(CLIP_GO)))
-        assert d.session._denoise_stream is None
+        assert d.session._denoise is None
