@@ -18,10 +18,12 @@ Error codes are HTTP-like, as in the seed (the table is in README.md beside this
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from asrhub.protocol import ErrorCodes, ProtocolError, loads
 
 # Error codes (HTTP-like). Each one names what went wrong; the connection stays usable for all
 # but CONNECTION_LIMIT and IDLE_TIMEOUT (sent just before the server closes the socket).
@@ -33,17 +35,13 @@ BACKLOG_FULL = 429  # audio arrives faster than it can be recognised: this messa
 INTERNAL = 500  # the recogniser failed: the utterance is abandoned, send start again
 BUSY = 503  # too many connections (then closed), or the inference queue is full
 
+# The codes of the errors the protocol kit detects itself (transport, limits, executor).
+CODES = ErrorCodes(bad_message=BAD_REQUEST, too_big=TOO_LARGE, busy=BUSY, internal=INTERNAL,
+                   too_many_connections=BUSY)
+
 Command = Literal["start", "stop", "reset"]
 COMMANDS: tuple[str, ...] = ("start", "stop", "reset")
-
-
-class ProtocolError(Exception):
-    """A client message the server refuses; becomes an ``error`` message with ``code``."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+_MAX_TIMESTAMP = 2 ** 63  # milliseconds; far beyond any clock, and what a signed 64-bit holds
 
 
 @dataclass(frozen=True)
@@ -66,28 +64,36 @@ def now_ms() -> int:
 
 
 def _timestamp(raw: dict[str, Any]) -> int | None:
-    # Optional and informative only: a missing or odd timestamp is not worth refusing audio for.
+    """Optional, in milliseconds (an integer in the seed; a finite number is accepted)."""
     value = raw.get("timestamp")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    return None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(BAD_REQUEST, f"\"timestamp\" must be an integer (milliseconds), "
+                                         f"not {type(value).__name__}")
+    if not math.isfinite(value) or abs(value) >= _MAX_TIMESTAMP:
+        raise ProtocolError(BAD_REQUEST, "\"timestamp\" is out of range (milliseconds since 1970)")
+    return int(value)
 
 
-def parse(text: str) -> ClientMessage:
+def parse(text: str | bytes) -> ClientMessage:
     """One text frame → a message, or :class:`ProtocolError` (code 400) saying what is wrong."""
     try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise ProtocolError(BAD_REQUEST, "message is not valid JSON") from None
+        raw = loads(text)
+    except ValueError as exc:  # malformed, NaN/Infinity, huge integers, deep nesting
+        raise ProtocolError(BAD_REQUEST, f"message is not valid JSON ({exc})"[:300]) from None
     if not isinstance(raw, dict):
         raise ProtocolError(BAD_REQUEST, "message must be a JSON object with a \"type\" field")
     kind = raw.get("type")
     if kind == "control":
         command = raw.get("command")
-        if command not in COMMANDS:
-            raise ProtocolError(BAD_REQUEST, f"unknown command {command!r} "
+        if not isinstance(command, str) or command not in COMMANDS:
+            shown = command[:40] if isinstance(command, str) else command
+            if not isinstance(shown, str | None):
+                shown = type(shown).__name__
+            raise ProtocolError(BAD_REQUEST, f"unknown command {shown!r} "
                                              f"(expected one of: {', '.join(COMMANDS)})")
-        return Control(command, _timestamp(raw))
+        return Control(command, _timestamp(raw))  # type: ignore[arg-type]
     if kind == "audio":
         data = raw.get("data")
         if not isinstance(data, str):
@@ -96,7 +102,9 @@ def parse(text: str) -> ClientMessage:
         return AudioChunk(data, _timestamp(raw))
     if kind is None:
         raise ProtocolError(BAD_REQUEST, "message has no \"type\" field (expected control or audio)")
-    raise ProtocolError(BAD_REQUEST, f"unknown message type {kind!r} (expected control or audio)")
+    if not isinstance(kind, str):
+        raise ProtocolError(BAD_REQUEST, "\"type\" must be a string (control or audio)")
+    raise ProtocolError(BAD_REQUEST, f"unknown message type {kind[:40]!r} (expected control or audio)")
 
 
 def status(message: str, code: int = 200, **extra: Any) -> dict[str, Any]:
@@ -110,5 +118,10 @@ def result(mode: Literal["partial", "final"], text: str, confidence: float,
             "processing_time_ms": round(float(processing_time_ms), 1)}
 
 
-def error(code: int, message: str) -> dict[str, Any]:
+def error(code: int | str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message, "timestamp": now_ms()}
+
+
+def error_message(err: ProtocolError) -> dict[str, Any]:
+    """The seed's error envelope, for the protocol kit's route."""
+    return error(err.code, err.message)

@@ -10,10 +10,9 @@ from .settings import PTTSettings
 
 
 def _setup(ctx) -> None:
-    app, hub, settings = ctx.app, ctx.hub, ctx.settings
-    from .handler import setup_routes  # aiohttp glue only when a listener is built
+    from .handler import setup  # aiohttp glue only when a listener is built
 
-    setup_routes(app, hub, settings)
+    setup(ctx)
 
 
 @hookimpl

@@ -1,19 +1,29 @@
-"""``[protocols.ptt]``: the limits and switches of the push-to-talk protocol."""
+"""``[protocols.ptt]``: the limits and switches of the push-to-talk protocol.
+
+The shared listener limits (``max_connections``, ``max_connections_per_peer``,
+``max_message_bytes``, ``max_outbox``, ``heartbeat_s``, ``max_body_bytes``) come from
+:class:`asrhub.protocol.ListenerSettings`; two defaults differ for this protocol (below).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from asrhub.protocol import ListenerSettings
 
 
 @dataclass(frozen=True)
-class PTTSettings:
-    # Connections beyond this many get an error (503) and are closed (0 = no limit).
+class PTTSettings(ListenerSettings):
+    # The seed serves 10-20 concurrent connections on a CPU (its MAX_CONNECTIONS): beyond this
+    # many a connection gets error 503 and is closed with 1013 (0 = no limit).
     max_connections: int = 20
-    # A text frame longer than this gets error 413 and is dropped; the connection stays open.
-    # Frames over twice this size break the WebSocket itself (closed with 1009).
-    # 2 MiB of base64 is ~49 s of 16 kHz int16 audio in one message.
+    # A text frame longer than this gets error 413 and is dropped; the connection stays open
+    # (frames over four times this close it with 1009). The seed's clients send a whole
+    # recording in one message: 2 MiB of base64 is ~49 s of 16 kHz int16 audio.
     max_message_bytes: int = 2 * 1024 * 1024
     # Close a connection that sent nothing for this long (error 408 first; 0 = never).
+    # Heartbeat pings and pongs are not activity.
     idle_timeout_s: float = 300.0
     # Send partial results while audio arrives (off: only the final after stop).
     partial_results: bool = True
@@ -25,20 +35,12 @@ class PTTSettings:
     vad: bool = True
     # Unprocessed audio one connection may have waiting before audio is refused (429).
     max_backlog_s: float = 60.0
-    # WebSocket ping interval (0 = none).
-    heartbeat_s: float = 30.0
-    # Outbound messages queued for a slow client before it is disconnected.
-    max_outbox: int = 256
 
     def validate(self) -> None:
-        if self.max_connections < 0:
-            raise ValueError("max_connections must be >= 0")
-        if self.max_message_bytes < 1024:
-            raise ValueError("max_message_bytes must be at least 1024")
-        for name in ("idle_timeout_s", "partial_interval_s", "heartbeat_s"):
-            if getattr(self, name) < 0:
+        super().validate()
+        for name in ("idle_timeout_s", "partial_interval_s"):
+            value = getattr(self, name)
+            if value < 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be >= 0")
-        if self.max_backlog_s <= 0:
+        if not self.max_backlog_s > 0 or not math.isfinite(self.max_backlog_s):
             raise ValueError("max_backlog_s must be > 0")
-        if self.max_outbox < 1:
-            raise ValueError("max_outbox must be >= 1")

@@ -1,4 +1,5 @@
-"""Live counters of the PTT listener, for ``GET /stats`` (one object per listener)."""
+"""Live counters of the PTT listener, for ``GET /stats`` (one object per listener). Connection
+and error counts are the protocol kit's (``hub.counter("ptt")``); these are PTT's own."""
 
 from __future__ import annotations
 
@@ -26,11 +27,10 @@ def _summary(values: collections.deque[float]) -> dict[str, Any]:
 class PTTStats:
     def __init__(self, window: int = 1000) -> None:
         self.started = time.time()
-        self.connections_rejected = 0
+        self.sessions_opened = 0  # connections accepted (a session was built for them)
         self.utterances_total = 0
         self.utterances_active = 0
         self.audio_seconds = 0.0
-        self.errors: collections.Counter[int] = collections.Counter()
         self.final_ms: collections.deque[float] = collections.deque(maxlen=window)
         self.partial_ms: collections.deque[float] = collections.deque(maxlen=window)
 
@@ -39,6 +39,4 @@ class PTTStats:
             "utterances": {"active": self.utterances_active, "total": self.utterances_total},
             "audio_seconds": round(self.audio_seconds, 3),
             "processing_ms": {"final": _summary(self.final_ms), "partial": _summary(self.partial_ms)},
-            "errors": {str(code): n for code, n in sorted(self.errors.items())},
-            "connections_rejected": self.connections_rejected,
         }

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from asrhub.protocol import ProtocolError
 from asrhub_plugins.ptt import messages as m
 
 
@@ -13,7 +14,7 @@ def test_control_and_audio_parse():
     assert m.parse('{"type":"control","command":"start","timestamp":1698756432000}') == \
         m.Control("start", 1698756432000)
     assert m.parse('{"type":"control","command":"stop"}') == m.Control("stop", None)
-    assert m.parse('{"type":"control","command":"reset","timestamp":"soon"}') == m.Control("reset", None)
+    assert m.parse('{"type":"control","command":"reset","timestamp":1.5e12}') == m.Control("reset", 1500000000000)
     assert m.parse('{"type":"audio","data":"AAA="}') == m.AudioChunk("AAA=", None)
 
 
@@ -26,9 +27,14 @@ def test_control_and_audio_parse():
     ('{"type": "control", "command": "pause"}', "unknown command 'pause'"),
     ('{"type": "audio"}', "needs \"data\""),
     ('{"type": "audio", "data": 12}', "needs \"data\""),
+    ('{"type": "control", "command": "stop", "timestamp": "soon"}', "must be an integer"),
+    ('{"type": "control", "command": "stop", "timestamp": NaN}', "not valid JSON"),
+    ('{"type": "control", "command": "stop", "timestamp": 1' + "0" * 45 + "}", "not valid JSON"),
+    ('{"type": "control", "command": "stop", "timestamp": -1e19}', "out of range"),
+    ('{"type": {"nested": 1}}', "must be a string"),
 ])
 def test_bad_messages_are_400(text, fragment):
-    with pytest.raises(m.ProtocolError) as info:
+    with pytest.raises(ProtocolError) as info:
         m.parse(text)
     assert info.value.code == m.BAD_REQUEST
     assert fragment in info.value.message

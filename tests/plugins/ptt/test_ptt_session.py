@@ -1,10 +1,11 @@
 """The PTT state machine driven with plain lists of messages (no socket).
 
-Most tests use :class:`CountingStream`, a stand-in for an engine stream that recognises
-nothing: it turns every 0.5 s of audio into one numbered word and ends an "utterance" every
+Most tests use the shared fake engine (:class:`asrhub.testing.FakeASR`): it recognises
+nothing, it turns every 0.5 s of audio into one numbered word and ends an "utterance" every
 three words. That makes the session's own logic (answers, joins, reset, failures) exact to
-check. Recognition itself is checked with the real Whisper engine at the end of this file and
-end to end in ``test_ptt_server.py``.
+check. Messages go through :class:`asrhub.testing.RecordingChannel`, which answers what a
+session raises the way the protocol kit does. Recognition itself is checked with the real
+Whisper engine at the end of this file and end to end in ``test_ptt_server.py``.
 """
 
 from __future__ import annotations
@@ -17,57 +18,14 @@ import time
 import numpy as np
 import pytest
 
-from asrhub.engine import Hypothesis
 from asrhub.executor import InferenceExecutor
+from asrhub.protocol import CloseInfo
+from asrhub.streaming import LiveRecognizer
+from asrhub.testing import FakeASR, RecordingChannel
+from asrhub_plugins.ptt import messages as m
 from asrhub_plugins.ptt.session import PTTSession, State
 from asrhub_plugins.ptt.settings import PTTSettings
 from asrhub_plugins.ptt.stats import PTTStats
-
-WORD = 8000  # samples per counted word (0.5 s)
-
-
-class CountingStream:
-    def __init__(self, *, fail_on_call: int = 0, delay: float = 0.0) -> None:
-        self.samples = 0
-        self.utterance = 1
-        self.words: list[str] = []
-        self.calls = 0
-        self.fail_on_call = fail_on_call
-        self.delay = delay
-        self.reset_calls = 0
-
-    def accept(self, pcm):
-        self.calls += 1
-        if self.delay:
-            time.sleep(self.delay)
-        if self.calls == self.fail_on_call:
-            raise RuntimeError("engine exploded")
-        out = []
-        before = self.samples // WORD
-        self.samples += len(pcm)
-        for n in range(before + 1, self.samples // WORD + 1):
-            self.words.append(f"w{n}")
-            if len(self.words) == 3:
-                out.append(self._hyp(True))
-                self.words = []
-                self.utterance += 1
-        if self.words:
-            out.append(self._hyp(False))
-        return out
-
-    def finish(self):
-        out = [self._hyp(True)] if self.words else []
-        self.words = []
-        return out
-
-    def reset(self):
-        self.reset_calls += 1
-        self.samples = 0
-        self.words = []
-
-    def _hyp(self, final: bool) -> Hypothesis:
-        return Hypothesis(" ".join(self.words), final, self.utterance, 0.0, self.samples / 16000,
-                          confidence=0.8)
 
 
 def audio(seconds: float) -> dict:
@@ -81,37 +39,32 @@ RESET = {"type": "control", "command": "reset"}
 
 
 class Harness:
-    def __init__(self, stream_factory=CountingStream, **settings) -> None:
-        self.sent: list[dict] = []
-        self.streams: list = []
+    def __init__(self, engine=None, vad=None, **settings) -> None:
+        self.engine = engine or FakeASR()
+        self.streams = getattr(self.engine, "streams", [])
         self.executor = InferenceExecutor(workers=1)
         self.stats = PTTStats()
-
-        def open_stream():
-            stream = stream_factory()
-            self.streams.append(stream)
-            return stream
-
-        self.session = PTTSession(send=self.sent.append, open_stream=open_stream,
-                                  executor=self.executor, settings=PTTSettings(**settings),
-                                  stats=self.stats)
+        self.channel = RecordingChannel(m.error_message, codes=m.CODES, protocol="ptt")
+        self.sent = self.channel.sent
+        self.latencies: list[float] = []
+        self.session = PTTSession(self.channel, LiveRecognizer.for_engines(self.executor, self.engine, vad),
+                                  PTTSettings(**{"idle_timeout_s": 0, **settings}), stats=self.stats,
+                                  observe_final=self.latencies.append)
 
     async def run(self, *messages) -> None:
         for message in messages:
-            await self.session.handle(message if isinstance(message, str) else json.dumps(message))
+            await self.channel.deliver(self.session, message if isinstance(message, str | bytes)
+                                       else json.dumps(message))
 
     async def next_message(self, after: int, timeout: float = 5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while len(self.sent) <= after:
-            assert time.monotonic() < deadline, f"no message after {self.sent}"
-            await asyncio.sleep(0.005)
+        await self.channel.wait_for(lambda sent: len(sent) > after, timeout)
         return self.sent[after]
 
     def kinds(self) -> list[tuple]:
         return [(s["type"], s.get("mode") or s.get("code")) for s in self.sent]
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.session.on_close(CloseInfo("client closed"))
         await self.executor.shutdown(2)
 
 
@@ -213,7 +166,7 @@ async def test_bad_input_while_recording_is_refused_and_the_round_goes_on(harnes
     assert h.session.state is State.RECORDING
     await h.run(audio(0.5), STOP)
     assert h.sent[-1]["mode"] == "final" and h.sent[-1]["text"] == "w1"
-    assert h.stats.errors[code] == 1
+    assert h.channel.errors == [code]
 
 
 async def test_wrong_state_is_409(harness):
@@ -229,8 +182,7 @@ async def test_wrong_state_is_409(harness):
 
 
 async def test_engine_failure_is_500_then_a_new_round_works(harness):
-    calls = iter([2, 0])  # the first stream fails on its second accept, the next one never
-    h = harness(lambda: CountingStream(fail_on_call=next(calls)))
+    h = harness(FakeASR(fail_from_call=2))  # the first stream fails from its second accept
     await h.run(START, audio(0.5))
     await h.next_message(0)
     await h.run(audio(0.5))
@@ -239,6 +191,8 @@ async def test_engine_failure_is_500_then_a_new_round_works(harness):
     assert h.session.state is State.IDLE
     await h.run(audio(0.5))
     assert h.sent[-1]["code"] == 409  # the utterance was abandoned
+    assert h.channel.errors == [500, 409] and not h.channel.closed  # the connection lives on
+    h.engine.stream_options = {}  # the next stream works
     await h.run(START, audio(1.0), STOP)
     assert h.sent[-1]["mode"] == "final" and h.sent[-1]["text"] == "w1 w2"
 
@@ -253,7 +207,7 @@ async def test_partial_results_off_sends_only_finals(harness):
 
 
 async def test_backlog_over_the_limit_is_429_and_dropped(harness):
-    h = harness(lambda: CountingStream(delay=0.3), max_backlog_s=1.0)
+    h = harness(FakeASR(delay_s=0.3), max_backlog_s=1.0)
     await h.run(START, audio(0.75), audio(0.75), audio(0.75))
     codes = [s.get("code") for s in h.sent if s["type"] == "error"]
     assert 429 in codes
@@ -265,31 +219,85 @@ async def test_backlog_over_the_limit_is_429_and_dropped(harness):
 async def test_close_while_recording_abandons_quietly(harness):
     h = harness()
     await h.run(START, audio(0.5))
-    await h.session.close()
+    await h.session.on_close(CloseInfo("client closed"))
     await h.run(STOP)  # ignored once closed
     assert h.session.state is State.CLOSED
     assert all(s["mode"] == "partial" for s in h.sent)
     assert h.stats.utterances_active == 0
 
 
+async def test_shutdown_while_recording_sends_the_final_of_what_was_received(harness):
+    h = harness()
+    await h.run(START, audio(1.0))
+    await h.session.on_close(CloseInfo("server shutdown", shutdown=True))
+    assert h.sent[-1]["mode"] == "final" and h.sent[-1]["text"] == "w1 w2"
+    assert h.session.state is State.CLOSED and h.latencies
+
+
+async def test_start_opens_a_stream_with_the_configured_language(harness):
+    h = harness(language="en")
+    await h.run(START)
+    assert h.streams[0].language == "en" and h.streams[0].vad is None
+
+
+@pytest.mark.parametrize("message, fragment", [
+    ('{"type": "control", "command": "start", "timestamp": NaN}', "not valid JSON"),
+    ('{"type": "control", "command": "start", "timestamp": Infinity}', "not valid JSON"),
+    ('{"type": "control", "command": "start", "timestamp": -Infinity}', "not valid JSON"),
+    ('{"type": "control", "command": "start", "timestamp": ' + "9" * 60 + "}", "not valid JSON"),
+    ('{"type": "control", "command": "start", "timestamp": 1e300}', "out of range"),
+    ('{"type": "control", "command": "start", "timestamp": "now"}', "must be an integer"),
+    ('{"type": "control", "command": "start", "timestamp": true}', "must be an integer"),
+    ('{"type": "control", "command": ["start"]}', "unknown command"),
+    ('{"type": "control", "command": 7}', "unknown command"),
+    ('{"type": ["audio"]}', "must be a string"),
+    ('{"type": "audio", "data": 12}', "needs \"data\""),
+    ("[" * 5000, "not valid JSON"),
+    ("\ud800", "not valid JSON"),
+])
+async def test_bad_values_are_400_and_the_connection_goes_on(harness, message, fragment):
+    h = harness()
+    await h.run(message)
+    assert h.kinds() == [("error", 400)] and fragment in h.sent[0]["message"], h.sent
+    await h.run(START, audio(0.5), STOP)
+    assert h.sent[-1]["mode"] == "final" and h.sent[-1]["text"] == "w1"
+    assert not h.channel.closed
+
+
+async def test_binary_frames_are_400(harness):
+    h = harness()
+    await h.run(b"\x00\x01")
+    assert h.kinds() == [("error", 400)] and "binary" in h.sent[0]["message"]
+
+
+async def test_idle_connection_gets_408_then_is_closed(harness):
+    h = harness(idle_timeout_s=0.3)
+    await h.session.on_open()
+    assert h.sent[0]["type"] == "status" and h.sent[0]["code"] == 200
+    await asyncio.sleep(0.2)
+    await h.run(STOP)  # a message restarts the clock
+    assert h.kinds()[-1] == ("error", 409)
+    opened = time.monotonic()
+    await h.channel.wait_for(lambda sent: sent[-1].get("code") == 408)
+    assert time.monotonic() - opened > 0.2
+    assert h.channel.closed_with == (1000, "idle timeout")
 
 
 # ---------------------------------------------------------------------------- the real engine
 
 
 @pytest.fixture(scope="module")
-def whisper_streams():
-    """A factory of real Whisper tiny.en streams (with the Silero VAD), loaded once."""
+def whisper_engines():
+    """Real Whisper tiny.en and the Silero VAD, loaded once."""
     from asrhub.testing import make_hub
 
     hub = make_hub({"engines": {"asr": "whisper", "vad": "silero",
                                 "whisper": {"model": "tiny.en", "language": "en"}}}, only=["ptt"])
-    asr, vad = hub.engine_sync("asr"), hub.engine_sync("vad")
-    yield lambda: asr.open_stream(language="en", vad=vad.open_stream())
+    yield hub.engine_sync("asr"), hub.engine_sync("vad")
     hub.unload_engines()
 
 
-async def test_real_engine_through_plain_messages(harness, whisper_streams):
+async def test_real_engine_through_plain_messages(harness, whisper_engines):
     import soundfile as sf
 
     from asrhub.testing import manifest, testdata_dir, wer
@@ -297,7 +305,7 @@ async def test_real_engine_through_plain_messages(harness, whisper_streams):
     name = "en/pocketsphinx_librivox_ss01_0890.wav"
     pcm, _ = sf.read(testdata_dir() / name, dtype="int16")
     chunks = [pcm[i:i + 8000] for i in range(0, len(pcm), 8000)]  # 0.5 s messages
-    h = harness(whisper_streams)
+    h = harness(*whisper_engines, language="en")
     await h.run(START, *[{"type": "audio", "data": base64.b64encode(c.tobytes()).decode()}
                          for c in chunks], STOP)
     assert h.sent[-1]["mode"] == "final"
