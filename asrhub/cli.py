@@ -131,7 +131,7 @@ def cmd_default_config(args: argparse.Namespace) -> int:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asrhub.audio import AudioError, decode_file
-    from asrhub.formats import render
+    from asrhub.formats import render, wants_word_timestamps
 
     config = _load(args)
     configure_logging("warning" if not args.verbose else "info", "console" if sys.stderr.isatty() else "json")
@@ -157,7 +157,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with structlog.contextvars.bound_contextvars(task_id=uuid.uuid4().hex[:8], file=str(args.file)):
         transcript = engine.transcribe(audio, language=args.language, progress=progress,
-                                       word_timestamps=False)
+                                       word_timestamps=wants_word_timestamps(args.format))
         elapsed = time.perf_counter() - started
         if bar is not None:
             bar.close()
