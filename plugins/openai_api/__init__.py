@@ -1,0 +1,1 @@
+"""OpenAI-compatible speech API (HTTP transcriptions/translations, Realtime transcription)."""
