@@ -164,6 +164,24 @@ async def embed_spans(hub: Hub, audio: Audio, spans: Sequence[Span], *,
     return embeddings
 
 
+def labels_from_embeddings(spans: Sequence[Span], embeddings: Mapping[int, Embedding], *,
+                           threshold: float = DEFAULT_DISTANCE_THRESHOLD,
+                           max_speakers: int = 8) -> list[int]:
+    """A speaker label per span (0, 1, ... by first appearance) from the embeddings of some of
+    them (by span index, e.g. collected piece by piece); the rest take their neighbour's.
+    Raises ImportError without scipy (the "speaker" extra)."""
+    labels: list[int | None] = [None] * len(spans)
+    if embeddings:
+        order = sorted(embeddings)
+        found = cluster(np.stack([embeddings[i] for i in order]), threshold=threshold,
+                        max_speakers=max_speakers)
+        for i, label in zip(order, found, strict=True):
+            labels[i] = label
+    result = fill_unlabelled(spans, labels)
+    log.info("diarized", spans=len(spans), embedded=len(embeddings), speakers=len(set(result)))
+    return result
+
+
 async def speaker_labels(hub: Hub, audio: Audio, spans: Sequence[Span], *,
                          threshold: float = DEFAULT_DISTANCE_THRESHOLD, max_speakers: int = 8,
                          priority: Priority = Priority.BATCH,
@@ -174,17 +192,9 @@ async def speaker_labels(hub: Hub, audio: Audio, spans: Sequence[Span], *,
     embeddings = await embed_spans(hub, audio, spans, priority=priority, progress=progress)
     if embeddings is None:
         return None
-    labels: list[int | None] = [None] * len(spans)
-    if embeddings:
-        order = sorted(embeddings)
-        try:
-            found = cluster(np.stack([embeddings[i] for i in order]), threshold=threshold,
-                            max_speakers=max_speakers)
-        except ImportError as exc:  # scipy comes with the "speaker" extra
-            log.warning("diarization_unavailable", error=str(exc), fallback="one speaker")
-            return None
-        for i, label in zip(order, found, strict=True):
-            labels[i] = label
-    result = fill_unlabelled(spans, labels)
-    log.info("diarized", spans=len(spans), embedded=len(embeddings), speakers=len(set(result)))
-    return result, embeddings
+    try:
+        return labels_from_embeddings(spans, embeddings, threshold=threshold,
+                                      max_speakers=max_speakers), embeddings
+    except ImportError as exc:  # scipy comes with the "speaker" extra
+        log.warning("diarization_unavailable", error=str(exc), fallback="one speaker")
+        return None
