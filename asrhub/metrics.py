@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -13,6 +14,31 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+
+class _ExecutorCollector:
+    """The executor's capacity and its refusals (the "server busy" errors every protocol
+    reports in its own code), read from its stats at scrape time."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def describe(self) -> list:
+        return []  # collected at scrape time only (the executor may not exist yet)
+
+    def collect(self):
+        stats = self.hub.executor.stats() if self.hub.has_executor else None
+        rejected = CounterMetricFamily("asrhub_executor_rejected", "Inference calls refused "
+                                       "because the queue stayed full (clients got a busy error)")
+        rejected.add_metric([], stats.rejected if stats else 0)
+        yield rejected
+        workers = GaugeMetricFamily("asrhub_executor_workers", "Inference worker threads")
+        workers.add_metric([], stats.workers if stats else 0)
+        yield workers
+        limit = GaugeMetricFamily("asrhub_executor_max_pending", "Inference calls admitted at once "
+                                  "(queued + running) before callers wait")
+        limit.add_metric([], stats.max_pending if stats else 0)
+        yield limit
 
 
 class Metrics:
@@ -42,6 +68,7 @@ class Metrics:
         busy = Gauge("asrhub_executor_busy_workers", "Inference workers busy", registry=r)
         queue.set_function(lambda: hub.executor.stats().queue_depth if hub.has_executor else 0)
         busy.set_function(lambda: hub.executor.stats().busy_workers if hub.has_executor else 0)
+        r.register(_ExecutorCollector(hub))
         up = Gauge("asrhub_ready", "1 once models are loaded and listeners are up", registry=r)
         up.set_function(lambda: 1.0 if hub.ready else 0.0)
 
