@@ -1,16 +1,21 @@
-"""aiohttp glue for the file-transcription protocol: one WebSocket route at "/".
+"""The file-transcription protocol on the kit: one WebSocket route at "/".
 
-Prepare the socket (the seed's 10 MB message limit, 60 s heartbeat), hand every text frame to
-the connection's :class:`~.session.FileSession`, clean up in ``finally``. The
-:class:`~.service.FileService` (queue, store) is started and stopped with the application.
+The core (asrhub.protocol) owns the socket: limits, heartbeat, the receive loop, error
+counting, the summary line. This adapter names the route, the seed's error envelope
+(``{"type": "error", "data": {"error": code, "message": text, ...}}``) and codes, builds a
+:class:`~.session.FileSession` per connection with its trust scope and quota key, and starts
+and stops the :class:`~.service.FileService` (queue, store) with the application.
 """
 
 from __future__ import annotations
 
-from aiohttp import WSCloseCode, WSMsgType, web
+import hashlib
+from typing import Any
 
-from asrhub.appkeys import HUB_KEY
-from asrhub.connection import websocket_connection
+import structlog
+from aiohttp import web
+
+from asrhub.protocol import Channel, ProtocolContext, ProtocolError, WebSocketRoute
 
 from . import messages as m
 from .media import SUPPORTED_EXTENSIONS
@@ -18,12 +23,48 @@ from .service import PROTOCOL, FileService
 from .session import FileSession
 from .settings import FileTranscriptionSettings
 
+log = structlog.get_logger("asrhub.file_transcription")
 SERVICE_KEY: web.AppKey[FileService] = web.AppKey("file_transcription_service", FileService)
 
 
-def setup_app(app: web.Application, settings: FileTranscriptionSettings) -> None:
-    service = FileService(app[HUB_KEY], settings)
-    app[SERVICE_KEY] = service
+def offered_token(request: web.Request) -> str:
+    """The token the client sent (Bearer header, X-Asrhub-Token, ?token=), as the core reads it."""
+    offered = request.query.get("token", "")
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        offered = auth[7:].strip() or offered
+    return request.headers.get("X-Asrhub-Token", "").strip() or offered
+
+
+def _token_id(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:24] if token else ""
+
+
+def identity(settings: FileTranscriptionSettings, auth_on: bool, token: str,
+             peer: str) -> tuple[str, str, bool]:
+    """(trust scope, quota key, MD5 shortcut allowed) of a connection.
+
+    The scope decides which tasks and MD5-cached results a client may see (``cache_scope``);
+    the quota key is the peer address, within the token when one is sent."""
+    mode = settings.cache_scope
+    if mode == "auto":
+        mode = "token" if auth_on else "shared"
+    scope = {"token": f"token:{_token_id(token)}", "peer": f"peer:{peer}"}.get(mode, "")
+    client = f"{_token_id(token)}@{peer}" if token else peer
+    return scope, client, mode != "none"
+
+
+def error_envelope(err: ProtocolError) -> dict[str, Any]:
+    log.info("file_request_refused", error=err.code, reason=err.message)
+    return m.error(str(err.code), err.message, **err.extra)
+
+
+def setup(ctx: ProtocolContext) -> None:
+    settings: FileTranscriptionSettings = ctx.settings
+    assert ctx.app is not None
+    service = FileService(ctx.hub, settings)
+    ctx.app[SERVICE_KEY] = service
+    auth_on = bool(ctx.listener.token)
 
     async def start(app: web.Application) -> None:
         await service.start()
@@ -31,40 +72,17 @@ def setup_app(app: web.Application, settings: FileTranscriptionSettings) -> None
     async def stop(app: web.Application) -> None:
         await service.stop()
 
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
-    app.router.add_get("/", websocket_handler)
+    ctx.app.on_startup.append(start)
+    ctx.app.on_cleanup.append(stop)
 
+    def open_session(channel: Channel, request: web.Request) -> FileSession:
+        scope, client, shortcut = identity(settings, auth_on, offered_token(request), channel.peer)
+        return FileSession(service, channel, scope=scope, client=client, shortcut=shortcut)
 
-async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    service = request.app[SERVICE_KEY]
-    settings = service.settings
-    if request.headers.get("Upgrade", "").lower() != "websocket":
+    async def describe(request: web.Request) -> web.StreamResponse:
         return web.json_response({"protocol": PROTOCOL, "transport": "websocket",
                                   "supported_formats": list(SUPPORTED_EXTENSIONS),
                                   "max_file_size": settings.max_file_bytes})
-    async with websocket_connection(request, PROTOCOL, max_msg_size=settings.max_message_bytes,
-                                    heartbeat=settings.heartbeat,
-                                    max_connections=settings.max_connections) as conn:
-        session = FileSession(service, conn.send_json)
-        if getattr(conn, "over_limit", False):
-            session.report(m.ProtocolError(m.SERVER_BUSY, "too many connections; try again later"))
-            await conn.close(code=WSCloseCode.TRY_AGAIN_LATER, reason="too many connections")
-            return conn.ws
-        session.welcome()
-        try:
-            async for msg in conn.ws:
-                if msg.type == WSMsgType.TEXT:
-                    await session.handle_text(msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    session.report(m.ProtocolError(m.INVALID_MESSAGE, "binary frames are not part of "
-                                                   "this protocol: send JSON text messages"))
-                elif msg.type == WSMsgType.ERROR:
-                    conn.close_reason = f"error: {conn.ws.exception()}"
-                    break
-        finally:
-            session.close()
-            conn.audio_seconds = session.audio_seconds
-            conn.processing_seconds = session.processing_seconds
-            conn.summary_extra.update(session.summary())
-    return conn.ws
+
+    ctx.websocket(WebSocketRoute(path="/", open_session=open_session, error_message=error_envelope,
+                                 codes=m.CODES, http_get=describe))

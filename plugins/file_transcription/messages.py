@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from asrhub.protocol import ErrorCodes, ProtocolError, loads
 
 # The seed's error table, plus the codes this server adds (README).
 FILE_TOO_LARGE = "file_too_large"
@@ -39,14 +40,29 @@ _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 _TASK_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 
 
-class ProtocolError(Exception):
-    """A request the server refuses; becomes one ``error`` message, the connection stays open."""
+# The codes of the errors the core itself detects (asrhub.protocol): a message over
+# max_message_bytes is file_too_large (the connection stays open), like a chunk too big.
+CODES = ErrorCodes(bad_message=INVALID_MESSAGE, too_big=FILE_TOO_LARGE, busy=SERVER_BUSY,
+                   internal=TRANSCRIPTION_FAILED, too_many_connections=SERVER_BUSY)
 
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.extra = extra
+__all__ = ["CODES", "ProtocolError"]
+
+
+def show(value: Any, limit: int = 40) -> str:
+    """``repr`` of a client's value for an error text, shortened without losing its closing
+    quote (a lone surrogate is shown escaped, as repr does)."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + "…"
+    text = repr(value)
+    return text if len(text) <= limit + 2 else text[:limit] + "…"
+
+
+def _valid_text(value: str, name: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(INVALID_MESSAGE, f"data.{name} is not valid Unicode text") from None
+    return value
 
 
 # --------------------------------------------------------------------------- client → server
@@ -109,7 +125,7 @@ def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], *,
     # JSON has no int/bool distinction problems except that True is an int in Python.
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ProtocolError(INVALID_MESSAGE, f"data.{name} must be a {want}, got {value!r:.40}")
+        raise ProtocolError(INVALID_MESSAGE, f"data.{name} must be a {want}, got {show(value)}")
     return value
 
 
@@ -139,12 +155,12 @@ def _output_format(data: dict[str, Any]) -> OutputFormat:
     fmt = _field(data, "output_format", str, required=False, default="json").lower()
     if fmt not in OUTPUT_FORMATS:
         raise ProtocolError(INVALID_MESSAGE, f"data.output_format must be one of "
-                                             f"{', '.join(OUTPUT_FORMATS)}, got {fmt!r:.20}")
+                                             f"{', '.join(OUTPUT_FORMATS)}, got {show(fmt, 20)}")
     return fmt  # type: ignore[return-value]
 
 
 def parse_upload_request(data: dict[str, Any]) -> UploadRequest:
-    file_name = _field(data, "file_name", str)
+    file_name = _valid_text(_field(data, "file_name", str), "file_name")
     if not file_name.strip() or len(file_name) > 255:
         raise ProtocolError(INVALID_MESSAGE, "data.file_name must be 1-255 characters")
     file_size = _field(data, "file_size", int)
@@ -152,7 +168,7 @@ def parse_upload_request(data: dict[str, Any]) -> UploadRequest:
         raise ProtocolError(INVALID_MESSAGE, "data.file_size must be positive")
     mode = _field(data, "upload_mode", str, required=False, default="single")
     if mode not in ("single", "chunked"):
-        raise ProtocolError(INVALID_MESSAGE, f"data.upload_mode must be 'single' or 'chunked', got {mode!r:.20}")
+        raise ProtocolError(INVALID_MESSAGE, f"data.upload_mode must be 'single' or 'chunked', got {show(mode, 20)}")
     chunk_size = total_chunks = 0
     if mode == "chunked":
         chunk_size = _field(data, "chunk_size", int)
@@ -176,11 +192,12 @@ def parse_upload_request(data: dict[str, Any]) -> UploadRequest:
 
 
 def parse_message(text: str) -> ClientMessage:
-    """One text frame → a message dataclass, or :class:`ProtocolError`."""
+    """One text frame → a message dataclass, or :class:`ProtocolError`. Total: any text,
+    however nested, with NaN or huge numbers, is at worst an ``invalid_message``."""
     try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ProtocolError(INVALID_MESSAGE, "the message is not valid JSON") from None
+        raw = loads(text)
+    except ValueError as exc:
+        raise ProtocolError(INVALID_MESSAGE, f"the message is not valid JSON ({exc})"[:200]) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
         raise ProtocolError(INVALID_MESSAGE, 'a message is a JSON object {"type": ..., "data": {...}}')
     kind = raw["type"]
@@ -204,7 +221,7 @@ def parse_message(text: str) -> ClientMessage:
         return TaskStatusRequest(task_id=_task_id(data), output_format=fmt)
     if kind == "upload_resume":
         return UploadResume(task_id=_task_id(data))
-    raise ProtocolError(UNKNOWN_MESSAGE_TYPE, f"unknown message type {kind!r:.40}; expected upload_request, "
+    raise ProtocolError(UNKNOWN_MESSAGE_TYPE, f"unknown message type {show(kind)}; expected upload_request, "
                                               "upload_data, upload_chunk, task_status or upload_resume")
 
 

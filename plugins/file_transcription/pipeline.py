@@ -27,9 +27,10 @@ import structlog
 
 from asrhub.audio import decode_file
 from asrhub.diarize import cluster, fill_unlabelled
-from asrhub.engine import SAMPLE_RATE, Audio, EngineError, Segment, Transcript
+from asrhub.engine import SAMPLE_RATE, Audio, EngineError, Segment, Transcript, Word
 from asrhub.executor import Priority
 from asrhub.formats import to_srt
+from asrhub.segmenter import quietest_point
 from asrhub.text import join_texts
 
 log = structlog.get_logger("asrhub.file_transcription")
@@ -90,16 +91,6 @@ def _piece(values: list[int]) -> Piece:
     return Piece(values[0], values[1], values[2] if values[2] >= 0 else None)
 
 
-def quiet_point(audio: Audio, lo: int, hi: int, frame: int = SAMPLE_RATE // 10) -> int:
-    """The middle of the quietest 100 ms of ``audio[lo:hi]``: where to cut a long region so
-    that no word is split (or as few as possible)."""
-    count = (hi - lo) // frame
-    if count < 1:
-        return hi
-    frames = audio[lo:lo + count * frame].reshape(count, frame)
-    return lo + int(np.argmin(np.mean(frames * frames, axis=1))) * frame + frame // 2
-
-
 def fixed_pieces(total: int, max_len: int) -> list[Piece]:
     return [Piece(start, min(total, start + max_len)) for start in range(0, total, max_len)]
 
@@ -135,7 +126,10 @@ def render_result(result: dict[str, Any], fmt: str) -> dict[str, Any]:
     if fmt == "srt":
         transcript = Transcript(
             text=result["text"], language=result.get("language"), duration=result["duration"],
-            segments=[Segment(start=s["start"], end=s["end"], text=s["text"], speaker=s["speaker"])
+            segments=[Segment(start=s["start"], end=s["end"], text=s["text"], speaker=s["speaker"],
+                              # cues are cut at word times when a result row carries them,
+                              # else asrhub.formats spreads the segment's time by length
+                              words=[Word(w["start"], w["end"], w["word"]) for w in s.get("words", ())])
                       for s in result["segments"]])
         out["text"] = to_srt(transcript, speaker_tags=True)
     return out
@@ -154,9 +148,11 @@ class FileTranscriber:
             self._warned.add(key)
             log.warning(event, **kw)
 
-    async def _run(self, fn: Callable[..., Any], *args: Any, engine: str | None = None,
+    async def _run(self, fn: Callable[..., Any], *args: Any, engine: str | None,
                    **kwargs: Any) -> Any:
         # A file job waits for room in the executor rather than failing when it is busy.
+        # ``engine`` (required: the hub's name of the engine ``fn`` runs on, None for plain
+        # work such as decoding) is what per-engine concurrency limits count.
         return await self.hub.executor.run(fn, *args, priority=Priority.BATCH, engine=engine,
                                            timeout=3600, **kwargs)
 
@@ -164,7 +160,7 @@ class FileTranscriber:
         """Returns (result, audio duration in seconds). Raises AudioError for undecodable files."""
         report(0.0, "正在解码音频...")
         started = time.perf_counter()
-        audio: Audio = await self._run(decode_file, path)
+        audio: Audio = await self._run(decode_file, path, engine=None)
         duration = len(audio) / SAMPLE_RATE
         log.info("file_decoded", audio_s=round(duration, 2), decode_s=round(time.perf_counter() - started, 3))
         report(DECODE_END, "正在检测语音段...")
@@ -179,7 +175,7 @@ class FileTranscriber:
                 spans = [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in regions]
                 speakers = await self._speakers(audio, spans, report, VAD_END, DIARIZE_END)
             pieces = plan_pieces(regions, len(audio), max_len=max_len, speakers=speakers,
-                                 split=lambda lo, hi: quiet_point(audio, lo, hi))
+                                 split=lambda lo, hi: quietest_point(audio, lo, hi))
         report(DIARIZE_END, "正在转录音频...")
         segments, language = await self._transcribe_pieces(audio, pieces, report)
         if regions is None and self.settings.diarization and segments:
@@ -242,7 +238,7 @@ class FileTranscriber:
         window = int(VAD_WINDOW_S * SAMPLE_RATE)
         for start in range(0, len(audio), window):
             found = await self._run(vad.speech_regions, audio[start:start + window],
-                                    engine=getattr(vad, "name", None))
+                                    engine=self.hub.engine_name("vad"))
             regions.extend((start + a, start + b) for a, b in found)
         return regions
 
@@ -289,7 +285,7 @@ class FileTranscriber:
             for batch in batches:
                 if not batch:
                     continue
-                found = await self._run(embed_many, batch, engine=getattr(speaker, "name", None))
+                found = await self._run(embed_many, batch, engine=self.hub.engine_name("speaker"))
                 embeddings.update((i, e) for i, e in zip(batch, found, strict=True) if e is not None)
                 report(low + len(embeddings) / len(wanted) * (high - low), "正在识别说话人...")
         except Exception as exc:  # noqa: BLE001 - a failing speaker engine must not fail the task

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from asrhub.hookspecs import hookimpl
 from asrhub.specs import ProtocolSpec
 
 from .settings import FileTranscriptionSettings
 
+if TYPE_CHECKING:
+    from asrhub.protocol import ProtocolContext
+
 PROTOCOL = "file_transcription"
 DEFAULT_PORT = 8767
 
 
-def setup(ctx) -> None:
-    app, settings = ctx.app, ctx.settings
-    from .handler import setup_app  # aiohttp glue and models only when the protocol is served
+def setup(ctx: ProtocolContext) -> None:
+    from .handler import setup as setup_route  # models and aiohttp glue only when served
 
-    setup_app(app, settings)
+    setup_route(ctx)
 
 
 @hookimpl

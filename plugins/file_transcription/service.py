@@ -33,7 +33,7 @@ from . import messages as m
 from .media import probe
 from .pipeline import FileTranscriber, render_result
 from .settings import FileTranscriptionSettings
-from .store import TaskRow, TaskStore, file_md5, write_chunk, write_file
+from .store import TaskRow, TaskStore, file_digests, write_chunk, write_file
 
 log = structlog.get_logger("asrhub.file_transcription")
 
@@ -97,6 +97,7 @@ class FileService:
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._janitor: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
         self._announced: dict[str, int] = {}  # the queue position last told per task
 
@@ -116,22 +117,25 @@ class FileService:
         self._store = await asyncio.to_thread(TaskStore, self.root)
         self.rtf = float(self.store.get_meta("rtf") or PRIOR_RTF)
         await self._recover()
-        self._workers = [asyncio.get_running_loop().create_task(self._worker(), name=f"file-worker-{i}")
+        loop = asyncio.get_running_loop()
+        self._workers = [loop.create_task(self._worker(), name=f"file-worker-{i}")
                          for i in range(self.settings.concurrency)]
-        self._janitor = asyncio.get_running_loop().create_task(self._expire_loop(), name="file-janitor")
+        self._janitor = loop.create_task(self._expire_loop(), name="file-janitor")
+        self._ticker = loop.create_task(self._tick_loop(), name="file-queue-updates")
         log.info("file_service_started", root=str(self.root), queued=len(self._pending),
                  concurrency=self.settings.concurrency, rtf=round(self.rtf, 4))
 
     async def stop(self) -> None:
         self._stopping = True
-        tasks: set[asyncio.Task[None]] = {*self._workers, *([self._janitor] if self._janitor else [])}
+        tasks: set[asyncio.Task[None]] = {*self._workers,
+                                          *(t for t in (self._janitor, self._ticker) if t is not None)}
         while tasks:
             # Cancel until they are gone: on Python 3.11 asyncio.wait_for (the executor's wait
             # for room) can swallow a cancellation that lands as its inner wait completes.
             for task in tasks:
                 task.cancel()
             _, tasks = await asyncio.wait(tasks, timeout=0.5)
-        self._workers, self._janitor = [], None
+        self._workers, self._janitor, self._ticker = [], None, None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -159,15 +163,36 @@ class FileService:
                 await asyncio.to_thread(shutil.rmtree, folder, True)
 
     def _expire_uploads(self) -> None:
-        cutoff = time.time() - self.settings.upload_ttl_hours * 3600
+        """Uploads that received nothing for ``upload_idle_minutes`` are dropped: they no
+        longer hold a place in the queue, the client's quota or the disk reservation."""
+        cutoff = time.time() - self.settings.upload_idle_minutes * 60
         for task in self.store.stale_uploads(cutoff):
-            log.info("file_upload_expired", task_id=task.task_id, file_name=task.file_name)
+            if task.task_id in self._upload_locks:
+                continue  # being written right now
+            log.info("file_upload_expired", task_id=task.task_id, file_name=task.file_name,
+                     idle_minutes=self.settings.upload_idle_minutes)
             self.store.delete_task(task.task_id)
 
     async def _expire_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(3600.0, self.settings.upload_ttl_hours * 3600 / 4))
+            await asyncio.sleep(min(60.0, self.settings.upload_idle_minutes * 60 / 4))
             self._expire_uploads()
+
+    async def _tick_loop(self) -> None:
+        """The seed's client gives up after 300 s without a message: tell every watcher of a
+        waiting task its place (and of a running one its progress) at least this often."""
+        interval = self.settings.queue_update_s
+        while True:
+            await asyncio.sleep(interval)
+            for task_id in list(self._pending):
+                if self._subscribers.get(task_id):
+                    self._publish(task_id, self.queued_message(task_id))
+            now = time.monotonic()
+            for run in list(self._running.values()):
+                if self._subscribers.get(run.task_id) and now - run.sent_at >= interval:
+                    run.sent_at = now
+                    self._publish(run.task_id, m.task_progress(
+                        run.task_id, run.progress, "processing", run.stage or "正在处理音频..."))
 
     # ------------------------------------------------------------------ state
 
@@ -200,18 +225,34 @@ class FileService:
 
     # ------------------------------------------------------------------ lookups
 
-    def cache_key(self, file_hash: str) -> str:
-        """The same file under the same engine, model, language and diarization setting."""
+    def cache_key(self, sha256: str) -> str:
+        """The same bytes (SHA-256 of what the hub received) under the same engine, model,
+        language and diarization setting."""
         engine = self.hub.engine_name("asr", self.settings.asr_engine or None)
         try:
             model = getattr(self.hub.settings_for("asr", engine), "model", "")
         except KeyError:
             model = ""
         diarize = "diarize" if self.settings.diarization else "single"
-        return f"{file_hash}|{engine}|{model}|{self.settings.language}|{diarize}"
+        return f"sha256:{sha256}|{engine}|{model}|{self.settings.language}|{diarize}"
+
+    def _current_settings(self, cache_key: str) -> bool:
+        return cache_key.split("|", 1)[-1] == self.cache_key("").split("|", 1)[-1]
 
     def cached(self, cache_key: str) -> tuple[str, dict[str, Any], float] | None:
         return self.store.get_result(cache_key)
+
+    def shortcut(self, scope: str, file_hash: str, file_size: int) -> tuple[str, dict[str, Any], float] | None:
+        """The seed's MD5 shortcut: a result for a file announced by MD5 and size, only if a
+        client of the same ``scope`` sent those very bytes before (never across scopes, never
+        for a size that differs, never when two different files share the MD5)."""
+        keys = {k for k in self.store.shortcut_keys(scope, file_hash, file_size)
+                if self._current_settings(k)}
+        if len(keys) != 1:
+            if len(keys) > 1:
+                log.warning("file_md5_collision", file_hash=file_hash, files=len(keys))
+            return None
+        return self.cached(keys.pop())
 
     def get(self, task_id: str) -> TaskRow | None:
         return self.store.get(task_id)
@@ -249,22 +290,38 @@ class FileService:
 
     # ------------------------------------------------------------------ uploads
 
-    def check_capacity(self, file_size: int) -> None:
-        if self.store.count_pending() >= self.settings.max_pending_tasks:
-            raise m.ProtocolError(m.QUEUE_FULL, f"{self.settings.max_pending_tasks} files are already "
+    def check_capacity(self, file_size: int, client: str) -> None:
+        """Admission of a new upload: the queue, the client's quota (tasks and declared bytes),
+        and free disk beyond what every upload in progress has declared (reserved)."""
+        settings = self.settings
+        self._expire_uploads()
+        if self.store.count_pending() >= settings.max_pending_tasks:
+            raise m.ProtocolError(m.QUEUE_FULL, f"{settings.max_pending_tasks} files are already "
                                                 "waiting; try again later")
+        count, declared = self.store.pending_of(client)
+        if count >= settings.max_pending_per_client:
+            raise m.ProtocolError(m.QUEUE_FULL, f"this client already has {count} files uploading "
+                                  f"or waiting (limit {settings.max_pending_per_client}); try again "
+                                  "when one is done")
+        if declared + file_size > settings.client_quota_bytes:
+            raise m.ProtocolError(m.QUEUE_FULL, f"this client's files uploading or waiting would "
+                                  f"take {declared + file_size} bytes, over its quota of "
+                                  f"{settings.client_quota_bytes}; try again when one is done")
         free = shutil.disk_usage(self.root).free
-        if free < file_size * 2 + 64 * 1024 * 1024:
+        reserved = self.store.reserved_bytes()
+        if free - reserved - settings.min_free_disk_bytes < file_size:
+            log.warning("file_disk_full", free=free, reserved=reserved, wanted=file_size)
             raise m.ProtocolError(m.SERVER_BUSY, "not enough disk space for this file now")
 
-    def new_task(self, req: m.UploadRequest, cache_key: str) -> TaskRow:
+    def new_task(self, req: m.UploadRequest, scope: str, client: str) -> TaskRow:
         return self.store.create_task(
             task_id=str(uuid.uuid4()), file_name=req.file_name, file_size=req.file_size,
-            file_hash=req.file_hash, cache_key=cache_key, output_format=req.output_format,
-            chunked=req.chunked, chunk_size=req.chunk_size, total_chunks=req.total_chunks)
+            file_hash=req.file_hash, output_format=req.output_format, chunked=req.chunked,
+            chunk_size=req.chunk_size, total_chunks=req.total_chunks, scope=scope, client=client,
+            force_refresh=req.force_refresh)
 
-    def find_unfinished(self, cache_key: str) -> TaskRow | None:
-        return self.store.find_unfinished(cache_key)
+    def find_unfinished(self, scope: str, file_hash: str, file_size: int) -> TaskRow | None:
+        return self.store.find_unfinished(scope, file_hash, file_size)
 
     def received_chunks(self, task_id: str) -> list[int]:
         return self.store.received_chunks(task_id)
@@ -297,7 +354,7 @@ class FileService:
             if current is None or current.state != TaskState.UPLOADING:
                 return  # another connection finished it
             partial = self.store.partial_path(task.task_id)
-            digest, size = await asyncio.to_thread(file_md5, partial)
+            digest, sha, size = await asyncio.to_thread(file_digests, partial)
             if digest != task.file_hash or size != task.file_size:
                 # Start the upload over: the client re-sends every chunk with the same task_id.
                 self.store.forget_chunks(task.task_id)
@@ -307,10 +364,10 @@ class FileService:
                                       "send the file again", task_id=task.task_id)
             target = self.store.audio_path(task)
             await asyncio.to_thread(partial.replace, target)
-            await self._queue_upload(current, target)
+            await self._queue_upload(current, target, sha)
         self._upload_locks.pop(task.task_id, None)
 
-    async def finish_single(self, task: TaskRow, data: bytes) -> None:
+    async def finish_single(self, task: TaskRow, data: bytes, sha256: str) -> None:
         """The whole file arrived (already verified against its hash): spool, probe, queue."""
         async with self._lock(task.task_id):
             current = self.store.get(task.task_id)
@@ -318,10 +375,13 @@ class FileService:
                 return
             target = self.store.audio_path(task)
             await asyncio.to_thread(write_file, target, data)
-            await self._queue_upload(current, target)
+            await self._queue_upload(current, target, sha256)
         self._upload_locks.pop(task.task_id, None)
 
-    async def _queue_upload(self, task: TaskRow, path: Path) -> None:
+    async def _queue_upload(self, task: TaskRow, path: Path, sha256: str) -> None:
+        key = self.cache_key(sha256)
+        self.store.update(task.task_id, sha256=sha256, cache_key=key)
+        task.sha256, task.cache_key = sha256, key
         try:
             duration = await asyncio.to_thread(probe, path)
         except AudioError as exc:
@@ -329,6 +389,8 @@ class FileService:
             raise m.ProtocolError(m.INVALID_FILE_TYPE, f"{task.file_name}: not a supported audio "
                                   f"file ({exc})", task_id=task.task_id) from None
         self._transition(task, TaskState.QUEUED, queued_at=time.time(), duration=duration)
+        if self._from_cache(task):
+            return
         self._pending.append(task.task_id)
         self._wake.set()
         log.info("file_task_queued", task_id=task.task_id, file_name=task.file_name,
@@ -401,9 +463,29 @@ class FileService:
             self.store.update(run.task_id, progress=round(run.progress, 1))
         self._publish(run.task_id, m.task_progress(run.task_id, run.progress, "processing", stage))
 
+    def _from_cache(self, task: TaskRow) -> bool:
+        """These bytes were transcribed before (by anyone: the client has sent them): complete
+        the task with that result instead of transcribing again."""
+        found = self.cached(task.cache_key) if task.cache_key and not task.force_refresh else None
+        if found is None:
+            return False
+        _, result, _ = found
+        self._transition(task, TaskState.RUNNING, started_at=time.time())
+        log.info("file_cache_hit", task_id=task.task_id, by="sha256")
+        self._complete(task, result, float(result.get("duration") or 0.0), 0.0, measured=False)
+        return True
+
     async def _run(self, task_id: str) -> None:
         task = self.store.get(task_id)
         if task is None or task.state != TaskState.QUEUED:
+            return
+        if not task.sha256 or not self._current_settings(task.cache_key):
+            # Queued by an older version (MD5-keyed) or before a settings change.
+            _, sha, _ = await asyncio.to_thread(file_digests, self.store.audio_path(task))
+            task.sha256, task.cache_key = sha, self.cache_key(sha)
+            self.store.update(task_id, sha256=sha, cache_key=task.cache_key)
+        if self._from_cache(task):
+            self._notify_positions()
             return
         attempts = task.attempts
         self._transition(task, TaskState.RUNNING, started_at=time.time(), attempts=attempts + 1,
@@ -432,10 +514,11 @@ class FileService:
         finally:
             self._running.pop(task_id, None)
 
-    def _complete(self, task: TaskRow, result: dict[str, Any], duration: float, elapsed: float) -> None:
+    def _complete(self, task: TaskRow, result: dict[str, Any], duration: float, elapsed: float, *,
+                  measured: bool = True) -> None:
         self.store.finish(task.task_id, task.cache_key, result, duration)
         task.state, task.finished_at = str(TaskState.COMPLETED), time.time()
-        if duration > 1.0:
+        if measured and duration > 1.0:
             self.rtf = (1 - RTF_WEIGHT) * self.rtf + RTF_WEIGHT * (elapsed / duration)
             self.store.set_meta("rtf", f"{self.rtf:.6f}")
         log.info("file_task_completed", task_id=task.task_id, audio_s=round(duration, 2),

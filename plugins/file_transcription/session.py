@@ -1,7 +1,12 @@
 """One client connection of the file-transcription protocol, as an explicit state machine.
 
-It receives its collaborators (the :class:`~.service.FileService` and a ``send`` callable) and
-never touches a socket: tests drive it with plain lists of messages.
+A :class:`asrhub.protocol.Session`: it receives the :class:`~.service.FileService` and the
+kit's :class:`~asrhub.protocol.Channel` and never touches a socket (the core owns the receive
+loop, limits and error counting; a refused request is a raised ``ProtocolError``).
+
+Trust: each connection has a ``scope`` (see the ``cache_scope`` setting): tasks of another
+scope do not exist for it (``task_not_found`` / ``session_not_found``), the MD5 shortcut and
+joining an unfinished upload only look within it. ``client`` is its quota key.
 
 Connection states (:class:`ConnState`)::
 
@@ -22,16 +27,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 import structlog
+
+from asrhub.protocol import Channel, CloseInfo, Session
 
 from . import messages as m
 from .media import SUPPORTED_EXTENSIONS
 from .pipeline import render_result
 from .service import PROTOCOL, FileService, Subscriber, TaskState
-from .store import TaskRow
+from .store import TaskRow, data_digests
 
 log = structlog.get_logger("asrhub.file_transcription")
 MAX_MISSING_LISTED = 100
@@ -48,18 +54,21 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-class FileSession:
-    def __init__(self, service: FileService, send: Callable[[dict[str, Any]], None]) -> None:
+class FileSession(Session):
+    def __init__(self, service: FileService, channel: Channel, *, scope: str = "",
+                 client: str = "", shortcut: bool = True) -> None:
         self.service = service
         self.settings = service.settings
-        self._send = send
+        self.channel = channel
+        self.scope = scope  # trust scope: which tasks and cached results this client may see
+        self.client = client  # quota key
+        self.shortcut = shortcut  # the seed's MD5 shortcut (and joining by MD5) allowed
         self.state = ConnState.READY
         self.task_id: str | None = None  # the upload this connection is sending
         self.output_format: str | None = None  # what this connection asked for that upload
         self._subscriptions: list[Subscriber] = []
         self.uploads = 0
         self.completed = 0
-        self.errors = 0
         self.audio_seconds = 0.0
         self.processing_seconds = 0.0
 
@@ -67,27 +76,27 @@ class FileSession:
 
     def send(self, message: dict[str, Any]) -> None:
         if self.state is not ConnState.CLOSED:
-            self._send(message)
+            self.channel.send_json(message)
 
-    def welcome(self) -> None:
+    async def on_open(self) -> None:
         self.send(m.connected(
             server="asrhub", protocol=PROTOCOL, supported_formats=list(SUPPORTED_EXTENSIONS),
             output_formats=list(m.OUTPUT_FORMATS), max_file_size=self.settings.max_file_bytes,
             max_message_size=self.settings.max_message_bytes,
             max_chunk_size=self.settings.max_payload_bytes))
 
-    async def handle_text(self, text: str) -> None:
-        """One text frame from the client; a refused request becomes one ``error`` message."""
-        try:
-            await self.handle(m.parse_message(text))
-        except m.ProtocolError as exc:
-            self.report(exc)
+    async def on_text(self, text: str) -> None:
+        """One text frame; a refused request raises ``ProtocolError`` (one ``error`` message)."""
+        await self.handle(m.parse_message(text))
 
-    def report(self, exc: m.ProtocolError) -> None:
-        self.errors += 1
-        self.service.hub.count_error(PROTOCOL, exc.code)
-        log.info("file_request_refused", error=exc.code, reason=exc.message)
-        self.send(m.error(exc.code, exc.message, **exc.extra))
+    async def on_binary(self, data: bytes) -> None:
+        raise m.ProtocolError(m.INVALID_MESSAGE, "binary frames are not part of this protocol: "
+                                                 "send JSON text messages")
+
+    async def on_close(self, info: CloseInfo) -> None:
+        # Nothing to flush on shutdown: uploads and tasks are durable (SQLite + spool) and
+        # resume after a restart; the client asks for its task again (task_status).
+        self.close()
 
     async def handle(self, msg: m.ClientMessage) -> None:
         if self.state is ConnState.CLOSED:
@@ -105,6 +114,8 @@ class FileSession:
 
     def close(self) -> None:
         """The connection is gone: stop watching tasks; drop an upload that received nothing."""
+        if self.state is ConnState.CLOSED:
+            return
         for sub in self._subscriptions:
             self.service.unsubscribe(sub)
         self._subscriptions.clear()
@@ -112,7 +123,7 @@ class FileSession:
         self.state = ConnState.CLOSED
 
     def summary(self) -> dict[str, Any]:
-        return {"uploads": self.uploads, "tasks_completed": self.completed, "errors": self.errors}
+        return {"uploads": self.uploads, "tasks_completed": self.completed}
 
     # ------------------------------------------------------------------ uploads
 
@@ -143,23 +154,22 @@ class FileSession:
         if req.chunked and req.chunk_size > settings.max_payload_bytes:
             raise m.ProtocolError(m.FILE_TOO_LARGE, f"chunk_size {req.chunk_size} does not fit one "
                                   f"message; at most {settings.max_payload_bytes} bytes")
-        key = self.service.cache_key(req.file_hash)
-        if not req.force_refresh:
-            cached = self.service.cached(key)
+        if not req.force_refresh and self.shortcut:
+            cached = self.service.shortcut(self.scope, req.file_hash, req.file_size)
             if cached is not None:
                 task_id, result, finished = cached
                 self._release_upload()
-                log.info("file_cache_hit", task_id=task_id, file_name=req.file_name)
+                log.info("file_cache_hit", task_id=task_id, file_name=req.file_name, by="md5")
                 self.send(m.task_complete(task_id, render_result(result, req.output_format), finished))
                 return
-            existing = self.service.find_unfinished(key)
+            existing = self.service.find_unfinished(self.scope, req.file_hash, req.file_size)
             if existing is not None and self._can_join(existing, req):
                 self._bind(existing, req.output_format)
                 self._send_ready(existing)
                 log.info("file_upload_joined", task_id=existing.task_id, state=existing.state)
                 return
-        self.service.check_capacity(req.file_size)
-        task = self.service.new_task(req, key)
+        self.service.check_capacity(req.file_size, self.client)
+        task = self.service.new_task(req, self.scope, self.client)
         self.uploads += 1
         self._bind(task, req.output_format)
         log.info("file_upload_started", task_id=task.task_id, file_name=req.file_name,
@@ -180,8 +190,13 @@ class FileSession:
         self.send(m.upload_ready(task.task_id, chunked=task.chunked, chunk_size=task.chunk_size,
                                  total_chunks=task.total_chunks, received_chunks=received))
 
-    def _upload_task(self, task_id: str) -> TaskRow:
+    def _visible(self, task_id: str) -> TaskRow | None:
+        """The task, if this client's scope may see it."""
         task = self.service.get(task_id)
+        return task if task is not None and task.scope == self.scope else None
+
+    def _upload_task(self, task_id: str) -> TaskRow:
+        task = self._visible(task_id)
         if task is None or task.state == TaskState.FAILED:
             raise m.ProtocolError(m.SESSION_NOT_FOUND, f"no upload session {task_id}; send "
                                   "upload_request to start again", task_id=task_id)
@@ -195,15 +210,21 @@ class FileSession:
         if task.chunked:
             raise m.ProtocolError(m.INVALID_MESSAGE, "this upload is chunked: send upload_chunk",
                                   task_id=task.task_id)
-        digest = await asyncio.to_thread(_md5, msg.file_data)
+        digest, sha256 = await asyncio.to_thread(data_digests, msg.file_data)
         if digest != task.file_hash or len(msg.file_data) != task.file_size:
             raise m.ProtocolError(m.HASH_MISMATCH, f"the data's MD5 is {digest} ({len(msg.file_data)} "
                                   f"bytes), not {task.file_hash} ({task.file_size} bytes) as announced; "
                                   "send the file again", task_id=task.task_id)
         fmt = self._format_for(task.task_id)
+        if task.state != TaskState.UPLOADING and task.sha256 and task.sha256 != sha256:
+            # Joined a task by MD5, but these bytes are another file (a collision): its own task.
+            self._done_uploading()
+            raise m.ProtocolError(m.HASH_MISMATCH, "another file with this MD5 is being "
+                                  "transcribed; send upload_request with force_refresh: true",
+                                  task_id=task.task_id)
         if task.state == TaskState.UPLOADING:
             try:
-                await self.service.finish_single(task, msg.file_data)
+                await self.service.finish_single(task, msg.file_data, sha256)
             except m.ProtocolError:
                 self._done_uploading()
                 raise
@@ -301,7 +322,7 @@ class FileSession:
         self.processing_seconds += processing_s
 
     def _task_status(self, msg: m.TaskStatusRequest) -> None:
-        task = self.service.get(msg.task_id)
+        task = self._visible(msg.task_id)
         if task is None:
             raise m.ProtocolError(m.TASK_NOT_FOUND, f"no task {msg.task_id}", task_id=msg.task_id)
         info: dict[str, Any] = {"task_id": task.task_id, "status": task.state,

@@ -6,6 +6,12 @@ Layout under ``<state_dir>/file_transcription/``::
     uploads/<task_id>/data   the upload being received (chunks written at their offsets)
     uploads/<task_id>/audio.<ext>   the complete, verified file waiting for transcription
 
+Directories are created 0700 (uploads are other people's recordings), files 0600.
+
+Results are keyed by the SHA-256 of the bytes the hub received (plus the engine settings); the
+client's MD5 (the seed's ``file_hash``) only finds a task of the same trust ``scope`` whose
+received bytes had that MD5 and size (:meth:`TaskStore.shortcut_keys`).
+
 Every statement is a single-row read or write on a small table, so the store is used straight
 from the event loop (WAL + synchronous=NORMAL: a commit is a write to the OS, no fsync; a
 killed process loses nothing that was committed). Chunk bytes are written by the caller in a
@@ -14,6 +20,7 @@ thread (:meth:`TaskStore.write_chunk`); only their record goes through SQLite.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,8 +35,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     task_id       TEXT PRIMARY KEY,
     file_name     TEXT NOT NULL,
     file_size     INTEGER NOT NULL,
-    file_hash     TEXT NOT NULL,
-    cache_key     TEXT NOT NULL,
+    file_hash     TEXT NOT NULL,      -- the client's MD5 (verified against the bytes received)
+    cache_key     TEXT NOT NULL,      -- SHA-256 of the bytes received + engine settings ('' before)
     output_format TEXT NOT NULL,
     chunked       INTEGER NOT NULL,
     chunk_size    INTEGER NOT NULL,
@@ -43,10 +50,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated_at    REAL NOT NULL,
     queued_at     REAL,
     started_at    REAL,
-    finished_at   REAL
+    finished_at   REAL,
+    sha256        TEXT,               -- of the bytes received, once they all are
+    scope         TEXT NOT NULL DEFAULT '',  -- trust scope of the client that created it
+    client        TEXT NOT NULL DEFAULT '',  -- quota key (peer, token) of that client
+    force_refresh INTEGER NOT NULL DEFAULT 0  -- transcribe even if the result is cached
 );
-CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, queued_at);
-CREATE INDEX IF NOT EXISTS tasks_key ON tasks(cache_key, state);
 CREATE TABLE IF NOT EXISTS chunks (
     task_id TEXT NOT NULL,
     idx     INTEGER NOT NULL,
@@ -65,6 +74,16 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+# Columns added since the first schema (ALTER TABLE on an older database), then the indexes.
+ADDED_COLUMNS = {"sha256": "TEXT", "scope": "TEXT NOT NULL DEFAULT ''",
+                 "client": "TEXT NOT NULL DEFAULT ''", "force_refresh": "INTEGER NOT NULL DEFAULT 0"}
+INDEXES = """
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, queued_at);
+CREATE INDEX IF NOT EXISTS tasks_key ON tasks(cache_key, state);
+CREATE INDEX IF NOT EXISTS tasks_md5 ON tasks(scope, file_hash, file_size, state);
+CREATE INDEX IF NOT EXISTS tasks_client ON tasks(client, state);
+"""
+DIR_MODE = 0o700
 
 UNFINISHED = ("uploading", "queued", "running")
 
@@ -90,6 +109,10 @@ class TaskRow:
     queued_at: float | None
     started_at: float | None
     finished_at: float | None
+    sha256: str | None = None
+    scope: str = ""
+    client: str = ""
+    force_refresh: bool = False
 
     @property
     def extension(self) -> str:
@@ -100,14 +123,22 @@ class TaskStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uploads = root / "uploads"
-        self.uploads.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(root / "tasks.sqlite3", isolation_level=None,
-                                  check_same_thread=False)
+        private_dir(root)
+        private_dir(self.uploads)
+        db_path = root / "tasks.sqlite3"
+        if not db_path.exists():
+            os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self.db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
+        have = {row["name"] for row in self.db.execute("PRAGMA table_info(tasks)")}
+        for name, kind in ADDED_COLUMNS.items():
+            if name not in have:
+                self.db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
+        self.db.executescript(INDEXES)
 
     def close(self) -> None:
         self.db.close()
@@ -115,15 +146,15 @@ class TaskStore:
     # ------------------------------------------------------------------ tasks
 
     def create_task(self, *, task_id: str, file_name: str, file_size: int, file_hash: str,
-                    cache_key: str, output_format: str, chunked: bool, chunk_size: int,
-                    total_chunks: int) -> TaskRow:
+                    output_format: str, chunked: bool, chunk_size: int, total_chunks: int,
+                    scope: str = "", client: str = "", force_refresh: bool = False) -> TaskRow:
         now = time.time()
         self.db.execute(
             "INSERT INTO tasks (task_id, file_name, file_size, file_hash, cache_key, output_format,"
-            " chunked, chunk_size, total_chunks, state, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'uploading', ?, ?)",
-            (task_id, file_name, file_size, file_hash, cache_key, output_format, int(chunked),
-             chunk_size, total_chunks, now, now))
+            " chunked, chunk_size, total_chunks, state, created_at, updated_at, scope, client,"
+            " force_refresh) VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, 'uploading', ?, ?, ?, ?, ?)",
+            (task_id, file_name, file_size, file_hash, output_format, int(chunked),
+             chunk_size, total_chunks, now, now, scope, client, int(force_refresh)))
         task = self.get(task_id)
         assert task is not None
         return task
@@ -132,12 +163,37 @@ class TaskStore:
         row = self.db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return _task(row) if row is not None else None
 
-    def find_unfinished(self, cache_key: str) -> TaskRow | None:
-        """The newest task for the same file and settings that has not finished."""
+    def find_unfinished(self, scope: str, file_hash: str, file_size: int) -> TaskRow | None:
+        """The newest unfinished task of the same scope announced with this MD5 and size."""
         row = self.db.execute(
-            "SELECT * FROM tasks WHERE cache_key = ? AND state IN ('uploading', 'queued', 'running')"
-            " ORDER BY created_at DESC LIMIT 1", (cache_key,)).fetchone()
+            "SELECT * FROM tasks WHERE scope = ? AND file_hash = ? AND file_size = ?"
+            " AND state IN ('uploading', 'queued', 'running') ORDER BY created_at DESC LIMIT 1",
+            (scope, file_hash, file_size)).fetchone()
         return _task(row) if row is not None else None
+
+    def shortcut_keys(self, scope: str, file_hash: str, file_size: int) -> set[str]:
+        """Cache keys of completed tasks of ``scope`` whose received bytes had this MD5 and size
+        (more than one: an MD5 collision, and the caller answers nothing)."""
+        rows = self.db.execute(
+            "SELECT DISTINCT cache_key FROM tasks WHERE scope = ? AND file_hash = ? AND file_size = ?"
+            " AND state = 'completed' AND sha256 IS NOT NULL AND cache_key != ''",
+            (scope, file_hash, file_size)).fetchall()
+        return {row["cache_key"] for row in rows}
+
+    def pending_of(self, client: str) -> tuple[int, int]:
+        """(tasks uploading or queued, their declared bytes) of one client."""
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(file_size), 0) FROM tasks WHERE client = ?"
+            " AND state IN ('uploading', 'queued')", (client,)).fetchone()
+        return int(row[0]), int(row[1])
+
+    def reserved_bytes(self) -> int:
+        """Bytes the uploads in progress have declared but not yet written."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(file_size), 0) - COALESCE((SELECT SUM(c.size) FROM chunks c"
+            " JOIN tasks t ON t.task_id = c.task_id WHERE t.state = 'uploading'), 0)"
+            " FROM tasks WHERE state = 'uploading'").fetchone()
+        return max(0, int(row[0]))
 
     def update(self, task_id: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
@@ -245,9 +301,16 @@ class TaskStore:
 # (run in a thread by the caller)
 
 
+def private_dir(path: Path) -> None:
+    """Create ``path`` (owner only); tighten one an older version created 0755."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, DIR_MODE)
+
+
 def write_chunk(path: Path, offset: int, data: bytes) -> None:
     """Write one chunk at its offset and make it durable before it is recorded as received."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=DIR_MODE, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         os.pwrite(fd, data, offset)
@@ -258,28 +321,34 @@ def write_chunk(path: Path, offset: int, data: bytes) -> None:
 
 def write_file(path: Path, data: bytes) -> None:
     """Write a whole file atomically (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=DIR_MODE, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
-def file_md5(path: Path) -> tuple[str, int]:
-    import hashlib
-
-    digest = hashlib.md5()
+def file_digests(path: Path) -> tuple[str, str, int]:
+    """(MD5, SHA-256, size) of a file, in one pass."""
+    md5, sha = hashlib.md5(), hashlib.sha256()
     size = 0
     with path.open("rb") as fh:
         while block := fh.read(1 << 20):
-            digest.update(block)
+            md5.update(block)
+            sha.update(block)
             size += len(block)
-    return digest.hexdigest(), size
+    return md5.hexdigest(), sha.hexdigest(), size
+
+
+def data_digests(data: bytes) -> tuple[str, str]:
+    """(MD5, SHA-256) of bytes in memory."""
+    return hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest()
 
 
 def _task(row: sqlite3.Row) -> TaskRow:
     values = dict(row)
     values["chunked"] = bool(values["chunked"])
+    values["force_refresh"] = bool(values["force_refresh"])
     return TaskRow(**values)

@@ -107,3 +107,35 @@ def test_server_messages_have_the_seed_shape():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", progress["timestamp"])
     done = m.task_complete("t", {"text": "x"}, 0.0)
     assert done["data"]["timestamp"] == "1970-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 100_000 + "]" * 100_000,  # RecursionError in json without the kit's loads
+    '{"type": "upload_request", "data": {"file_size": ' + "9" * 4301 + "}}",  # int over 4300 digits
+    '{"type": "upload_request", "data": {"file_size": NaN}}',
+    '{"type": "upload_request", "data": {"file_size": Infinity}}',
+    '{"type": "upload_request", "data": {"file_size": 1e400}}',
+    '{"type": "task_status", "data": {"task_id": "a", "output_format": "\\ud800"}}',
+    '{"type": "upload_request", "data": {"file_name": "\\ud800.wav", "file_size": 1, '
+    '"file_hash": "d41d8cd98f00b204e9800998ecf8427e"}}',
+])
+def test_every_parse_is_total(text):
+    """Issue 18 (4): deep nesting, huge integers, NaN, lone surrogates are invalid_message."""
+    with pytest.raises(m.ProtocolError) as info:
+        m.parse_message(text)
+    assert info.value.code == m.INVALID_MESSAGE
+
+
+def test_error_texts_keep_their_closing_quote():
+    """Issue 18 (13): a long value is shortened inside its quotes, not cut through them."""
+    with pytest.raises(m.ProtocolError) as info:
+        parse("upload_request", file_name="a.wav", file_size=1, file_hash=HASH,
+              upload_mode="x" * 100)
+    assert info.value.message.endswith("'xxxxxxxxxxxxxxxxxxxx'…")
+    with pytest.raises(m.ProtocolError) as info:
+        parse("upload_request", file_name="a.wav", file_size="1" * 100, file_hash=HASH)
+    assert "'" + "1" * 40 + "'…" in info.value.message
+    with pytest.raises(m.ProtocolError) as info:
+        m.parse_message(json.dumps({"type": "y" * 100}))
+    assert info.value.code == m.UNKNOWN_MESSAGE_TYPE and "'" + "y" * 40 + "'…;" in info.value.message
+    assert m.show("short") == "'short'" and m.show("\ud800") == "'\\ud800'"

@@ -5,6 +5,7 @@ whole-file hash checks. Tasks that get queued run for real (Whisper tiny.en, Sil
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,17 @@ import pytest_asyncio
 import structlog
 
 from asrhub.executor import InferenceExecutor, Priority
+from asrhub.protocol import (
+    Channel,
+    CloseInfo,
+    ProtocolContext,
+    ProtocolError,
+    Transport,
+    WebSocketRoute,
+)
 from asrhub.testing import make_hub, wer
+from asrhub_plugins.file_transcription import messages as m
+from asrhub_plugins.file_transcription.handler import error_envelope
 from asrhub_plugins.file_transcription.service import FileService
 from asrhub_plugins.file_transcription.session import ConnState, FileSession
 
@@ -59,19 +70,56 @@ async def service(tmp_path_factory):
     await close_service(svc)
 
 
-class Client:
-    """A session and the list of everything it sent."""
+class ListChannel(Channel):
+    """The kit's Channel with a list for a socket: what the session sends, in order (the
+    envelope of errors and their counting are the real ones)."""
 
-    def __init__(self, service: FileService) -> None:
+    def __init__(self, ctx: ProtocolContext, route: WebSocketRoute) -> None:
         self.sent: list[dict[str, Any]] = []
-        self.session = FileSession(service, self.sent.append)
+        super().__init__(ctx, route, "127.0.0.1", 1000)
+
+    def _put(self, item: str | bytes) -> None:
+        self.sent.append(json.loads(item))
+
+    def _transport_closed(self) -> bool:
+        return False
+
+    async def _write(self, item: str | bytes) -> None:
+        raise AssertionError("unused")
+
+    async def _transport_close(self, code: int, reason: str) -> None:
+        pass
+
+
+ROUTE = WebSocketRoute("/", lambda channel, request: None, error_envelope, m.CODES)
+
+
+class Client:
+    """A session and the list of everything it sent; a refused request is answered as the
+    core answers it (the route's error envelope, counted)."""
+
+    def __init__(self, service: FileService, scope: str = "", client: str = "peer") -> None:
+        hub = service.hub
+        ctx = ProtocolContext(name="file_transcription", hub=hub, settings=service.settings,
+                              listener=hub.listener("file_transcription").config,
+                              executor=hub.executor, metrics=hub.metrics,
+                              loop_lag=hub.loop_lag, transport=Transport(hub))
+        self.channel = ListChannel(ctx, ROUTE)
+        self.sent = self.channel.sent
+        self.session = FileSession(service, self.channel, scope=scope, client=client)
         self.seen = 0
 
     async def say(self, text: str) -> list[dict[str, Any]]:
         start = len(self.sent)
-        await self.session.handle_text(text)
+        try:
+            await self.session.on_text(text)
+        except ProtocolError as exc:
+            self.channel.send_error(exc)
         self.seen = len(self.sent)
         return self.sent[start:]
+
+    async def close(self) -> None:
+        await self.session.on_close(CloseInfo("client closed"))
 
     async def wait_for(self, kind: str, timeout: float = 120.0) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -134,7 +182,8 @@ async def test_every_error_of_the_seed_table(service, short_wav):
     assert e["error"] == "invalid_message" and "past the last" in e["message"]
     errors = service.hub.counters["file_transcription"].errors
     assert errors["invalid_file_type"] >= 1 and errors["task_not_found"] >= 1
-    c.session.close()
+    assert c.channel.errors_sent == 12
+    await c.close()
     assert c.session.state is ConnState.CLOSED
 
 
@@ -155,7 +204,7 @@ async def test_duplicate_incomplete_resume_and_cache(service, tmp_path):
     assert [r["type"] for r in replies] == ["chunk_received", "error"]
     assert replies[1]["data"]["error"] == "upload_incomplete"
     assert replies[1]["data"]["missing_chunks"] == list(range(1, total - 1))
-    first.session.close()  # the client goes away; the chunks stay
+    await first.close()  # the client goes away; the chunks stay
     # Another connection picks it up by task_id.
     second = Client(service)
     status = only(await second.say(msg("task_status", task_id=task_id)), "task_status")

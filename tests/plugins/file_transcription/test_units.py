@@ -9,15 +9,15 @@ import numpy as np
 
 from asrhub.diarize import cluster, fill_unlabelled
 from asrhub.engine import Segment
+from asrhub.segmenter import quietest_point
 from asrhub_plugins.file_transcription.pipeline import (
     Piece,
     build_result,
     fixed_pieces,
     plan_pieces,
-    quiet_point,
     render_result,
 )
-from asrhub_plugins.file_transcription.store import TaskStore, file_md5, write_chunk
+from asrhub_plugins.file_transcription.store import TaskStore, file_digests, write_chunk
 
 S = 16000
 
@@ -41,9 +41,9 @@ def test_long_regions_are_cut_at_their_quietest_point():
     rng = np.random.default_rng(1)
     audio = (rng.standard_normal(40 * S) * 0.1).astype(np.float32)
     audio[int(17.3 * S):int(17.5 * S)] *= 0.01  # a short pause late in the allowed 20 s
-    assert abs(quiet_point(audio, 13 * S, 20 * S) - int(17.4 * S)) <= S // 10
+    assert abs(quietest_point(audio, 13 * S, 20 * S) - int(17.4 * S)) <= S // 10
     pieces = plan_pieces([(0, 40 * S)], 40 * S, max_len=20 * S, pad=0,
-                         split=lambda lo, hi: quiet_point(audio, lo, hi))
+                         split=lambda lo, hi: quietest_point(audio, lo, hi))
     assert abs(pieces[0].end - int(17.4 * S)) <= S // 10 and pieces[1].start == pieces[0].end
     assert pieces[-1].end == 40 * S and all(p.end - p.start <= 20 * S for p in pieces)
 
@@ -82,24 +82,76 @@ def test_clustering_estimates_the_number_of_speakers():
 
 
 def test_store_survives_reopening(tmp_path):
-    store = TaskStore(tmp_path)
+    store = TaskStore(tmp_path / "ft")
     task = store.create_task(task_id="t1", file_name="a.mp3", file_size=10, file_hash="h",
-                             cache_key="h|k", output_format="json", chunked=True, chunk_size=4,
-                             total_chunks=3)
+                             output_format="json", chunked=True, chunk_size=4, total_chunks=3,
+                             scope="s", client="c")
     assert task.state == "uploading" and task.extension == "mp3"
     write_chunk(store.partial_path("t1"), 4, b"5678")
     store.record_chunk("t1", 1, 4, "md5")
     store.finish("t0", "h|k", {"text": "hi"}, 1.5)
     store.set_meta("rtf", "0.2")
     store.close()
-    again = TaskStore(tmp_path)
+    again = TaskStore(tmp_path / "ft")
     assert again.received_chunks("t1") == [1]
     assert again.chunk_md5("t1", 1) == "md5"
     found = again.get_result("h|k")
     assert found is not None and found[0] == "t0" and found[1] == {"text": "hi"}
     assert again.get_meta("rtf") == "0.2"
-    assert again.find_unfinished("h|k").task_id == "t1"  # type: ignore[union-attr]
-    assert file_md5(again.partial_path("t1"))[1] == 8
+    assert again.find_unfinished("s", "h", 10).task_id == "t1"  # type: ignore[union-attr]
+    assert again.find_unfinished("other scope", "h", 10) is None
+    assert again.find_unfinished("s", "h", 1) is None  # the size must match too
+    assert again.pending_of("c") == (1, 10)
+    assert again.reserved_bytes() == 10 - 4  # declared, less what is written
+    assert file_digests(again.partial_path("t1"))[2] == 8
     again.delete_task("t1")
     assert again.get("t1") is None and not again.spool_dir("t1").exists()
-    assert re.fullmatch(r"[0-9a-f]{32}", file_md5(tmp_path / "tasks.sqlite3")[0])
+    md5, sha, _ = file_digests(tmp_path / "ft" / "tasks.sqlite3")
+    assert re.fullmatch(r"[0-9a-f]{32}", md5) and re.fullmatch(r"[0-9a-f]{64}", sha)
+
+
+def test_state_directories_are_private_and_old_ones_are_tightened(tmp_path):
+    """Issue 18 (13): uploads are other people's recordings: 0700, not 0755."""
+    import os
+    import stat
+
+    old = tmp_path / "old"
+    (old / "uploads").mkdir(parents=True, mode=0o755)
+    os.chmod(old, 0o755)
+    os.chmod(old / "uploads", 0o755)
+    for root in (tmp_path / "new" / "ft", old):
+        store = TaskStore(root)
+        write_chunk(store.partial_path("t9"), 0, b"x")
+        for path in (root, store.uploads, store.spool_dir("t9")):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+        assert stat.S_IMODE(store.partial_path("t9").stat().st_mode) == 0o600
+        assert stat.S_IMODE((root / "tasks.sqlite3").stat().st_mode) == 0o600
+        store.close()
+
+
+OLD_TASKS = """CREATE TABLE tasks (task_id TEXT PRIMARY KEY, file_name TEXT NOT NULL,
+    file_size INTEGER NOT NULL, file_hash TEXT NOT NULL, cache_key TEXT NOT NULL,
+    output_format TEXT NOT NULL, chunked INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+    total_chunks INTEGER NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0,
+    duration REAL, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, queued_at REAL, started_at REAL, finished_at REAL)"""
+
+
+def test_an_older_database_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    (tmp_path / "ft").mkdir()
+    db = sqlite3.connect(tmp_path / "ft" / "tasks.sqlite3")
+    db.execute(OLD_TASKS)
+    db.execute("INSERT INTO tasks (task_id, file_name, file_size, file_hash, cache_key, output_format,"
+               " chunked, chunk_size, total_chunks, state, created_at, updated_at) VALUES"
+               " ('old', 'a.wav', 3, 'h', 'h|whisper', 'json', 0, 0, 0, 'queued', 1, 1)")
+    db.commit()
+    db.close()
+    store = TaskStore(tmp_path / "ft")
+    old = store.get("old")
+    assert old is not None and old.sha256 is None and old.scope == "" and not old.force_refresh
+    task = store.create_task(task_id="t1", file_name="a.wav", file_size=3, file_hash="h",
+                             output_format="json", chunked=False, chunk_size=0, total_chunks=0,
+                             scope="x", force_refresh=True)
+    assert task.scope == "x" and task.sha256 is None and task.force_refresh
