@@ -11,7 +11,7 @@ from asrhub.protocol import ErrorCodes, ProtocolContext, ProtocolError, WebSocke
 from . import messages as m
 from . import realtime_messages as rm
 from .realtime import RealtimeSession
-from .service import AudioService, openai_error_middleware
+from .service import SERVICE_KEY, AudioService, openai_error_middleware
 
 REALTIME_CODES = ErrorCodes(bad_message=rm.INVALID_EVENT, too_big=rm.TOO_BIG, busy=rm.SERVER_BUSY,
                             internal=rm.SERVER_ERROR, too_many_connections=rm.TOO_MANY_CONNECTIONS)
@@ -30,6 +30,7 @@ def setup(ctx: ProtocolContext) -> None:
     service = AudioService(ctx)
     app.middlewares.append(openai_error_middleware())
     app[REFUSAL_KEY] = refusal
+    app[SERVICE_KEY] = service
     app.router.add_post("/v1/audio/transcriptions", service.transcriptions)
     app.router.add_post("/v1/audio/translations", service.translations)
     app.router.add_get("/v1/models", service.list_models)

@@ -60,6 +60,9 @@ class Upload:
     size: int = 0
 
 
+SERVICE_KEY: web.AppKey[AudioService] = web.AppKey("openai_api_service")
+
+
 def error_response(err: ProtocolError, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(m.error_from(err), status=err.status, headers=headers)
 
@@ -70,8 +73,9 @@ class AudioService:
         self.hub: Hub = ctx.hub
         self.settings: OpenAISettings = ctx.settings
         self.created = int(time.time())
-        self.active = 0
+        self.active = 0  # requests being served now
         self.requests = 0
+        self.pieces = 0  # pieces decoded, over all requests
 
     # ------------------------------------------------------------------ models
 
@@ -293,6 +297,7 @@ class AudioService:
             got = await self._run(reader.next_piece)
             if got is None:
                 break
+            self.pieces += 1
             offset, audio = got
             for start, end in await self._utterances(audio):
                 self._check_client(request)
