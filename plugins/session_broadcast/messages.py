@@ -31,6 +31,7 @@ import numpy as np
 
 from asrhub.audio import AudioError, float32le_to_float
 from asrhub.engine import Audio
+from asrhub.protocol import ErrorCodes, ProtocolError
 
 CLOSE_TEXT = "close"
 UNKNOWN_SPEAKER_ID = "unknown"
@@ -47,6 +48,9 @@ class Mode(enum.StrEnum):
 class ErrorCode(enum.StrEnum):
     """Codes of our ``{"type": "error"}`` messages (the seed defines none)."""
 
+    INVALID_MESSAGE = "invalid_message"
+    MESSAGE_TOO_BIG = "message_too_big"
+    INTERNAL_ERROR = "internal_error"
     INVALID_MODE = "invalid_mode"
     INVALID_SESSION_ID = "invalid_session_id"
     SENDER_EXISTS = "sender_exists"
@@ -61,13 +65,22 @@ class ErrorCode(enum.StrEnum):
     SESSION_CLOSED = "session_closed"
 
 
-class ProtocolError(ValueError):
-    """Bad input from a client; ``code`` goes into the error message."""
+# Close codes of refusals: load (1013: try again later) or the client's own mistake (1008).
+TRY_AGAIN_LATER = 1013
+REFUSAL_CLOSE_CODES = {
+    ErrorCode.TOO_MANY_SESSIONS: TRY_AGAIN_LATER,
+    ErrorCode.TOO_MANY_RECEIVERS: TRY_AGAIN_LATER,
+    ErrorCode.SERVER_BUSY: TRY_AGAIN_LATER,
+}
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+CODES = ErrorCodes(bad_message=ErrorCode.INVALID_MESSAGE, too_big=ErrorCode.MESSAGE_TOO_BIG,
+                   busy=ErrorCode.SERVER_BUSY, internal=ErrorCode.INTERNAL_ERROR,
+                   too_many_connections=ErrorCode.SERVER_BUSY)
+
+
+def refusal(code: ErrorCode, message: str) -> ProtocolError:
+    """A connection that cannot join: the error, then the close (1013 for load, else 1008)."""
+    return ProtocolError(code, message, fatal=True, close_code=REFUSAL_CLOSE_CODES.get(code))
 
 
 # ----------------------------------------------------------------------- client → server
@@ -78,23 +91,23 @@ MAX_SESSION_ID_LENGTH = 256
 def parse_session_id(raw: str) -> str:
     session_id = raw.strip()
     if not session_id:
-        raise ProtocolError(ErrorCode.INVALID_SESSION_ID, "the session id must not be empty")
+        raise refusal(ErrorCode.INVALID_SESSION_ID, "the session id must not be empty")
     if len(session_id) > MAX_SESSION_ID_LENGTH:
-        raise ProtocolError(ErrorCode.INVALID_SESSION_ID,
-                            f"the session id is longer than {MAX_SESSION_ID_LENGTH} characters")
+        raise refusal(ErrorCode.INVALID_SESSION_ID,
+                      f"the session id is longer than {MAX_SESSION_ID_LENGTH} characters")
     return session_id
 
 
 def parse_mode(raw: str | None) -> Mode:
     """The ``mode`` query parameter (required)."""
     if raw is None or raw == "":
-        raise ProtocolError(ErrorCode.INVALID_MODE,
-                            "missing query parameter mode: use ?mode=sender or ?mode=receiver")
+        raise refusal(ErrorCode.INVALID_MODE,
+                      "missing query parameter mode: use ?mode=sender or ?mode=receiver")
     try:
         return Mode(raw.strip().lower())
     except ValueError:
-        raise ProtocolError(ErrorCode.INVALID_MODE,
-                            f"invalid mode {raw[:40]!r}: use ?mode=sender or ?mode=receiver") from None
+        raise refusal(ErrorCode.INVALID_MODE,
+                      f"invalid mode {raw[:40]!r}: use ?mode=sender or ?mode=receiver") from None
 
 
 @dataclass(frozen=True)
@@ -167,8 +180,9 @@ class Result:
         return {"asr": self.text, "spk": self.speaker.to_dict()}
 
 
-def error_message(code: ErrorCode, message: str) -> dict[str, Any]:
-    return {"type": "error", "code": str(code), "message": message}
+def error_message(err: ProtocolError) -> dict[str, Any]:
+    """Our error envelope (the route's ``error_message``)."""
+    return {"type": "error", "code": str(err.code), "message": err.message}
 
 
 def closed_message(session_id: str, results: int, audio_s: float, reason: str) -> dict[str, Any]:

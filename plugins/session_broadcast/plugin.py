@@ -6,23 +6,17 @@ session (and the sender) gets ``{"asr", "spk"}`` per recognised segment.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from asrhub.hookspecs import hookimpl
+from asrhub.protocol import ProtocolContext
 from asrhub.specs import ProtocolSpec
 
 from .settings import BroadcastSettings
 
-if TYPE_CHECKING:
 
-    pass
-
-
-def _setup(ctx) -> None:
-    app, hub, settings = ctx.app, ctx.hub, ctx.settings
+def _setup(ctx: ProtocolContext) -> None:
     from .handler import setup_routes
 
-    setup_routes(app, hub, settings)
+    setup_routes(ctx)
 
 
 @hookimpl

@@ -1,7 +1,6 @@
 """One broadcast session: one sender's audio, recognised in order, each result sent to every
 receiver and to the sender. An explicit state machine; it never touches a socket — clients are
-:class:`Peer` objects (``asrhub.connection.Connection`` in the server, anything with the same
-three members in tests).
+the kit's :class:`~asrhub.protocol.Channel` objects.
 
 States::
 
@@ -9,12 +8,18 @@ States::
        │                        │                        │
        └── last receiver left ──┴────── shutdown() ──────┴────────────────────────────▶ CLOSED
 
-- WAITING: receivers only (they may join before the sender).
+- WAITING: receivers only (they may join before the sender). Such a session does not count
+  against ``max_sessions``: receivers cannot lock senders out (the connection limits bound
+  them).
 - LIVE: audio is accepted; receivers may join (they get the results from then on).
 - FINISHING: the sender said ``close`` or went away; no more audio, the rest is still
   recognised and broadcast. A second sender is refused in LIVE and FINISHING.
-- CLOSED: the sender got its acknowledgement; every client is closed (1000); the registry has
-  forgotten the session, so the same id starts a new session.
+- CLOSED: the sender got its acknowledgement; every client is closed (1000) — or, when the
+  server shuts down, left for the core to close with 1001 after the last result; the registry
+  has forgotten the session, so the same id starts a new session.
+
+:class:`SenderConnection` and :class:`ReceiverConnection` are the kit's per-connection
+sessions: thin, they hand audio and arrivals/departures to the shared :class:`BroadcastSession`.
 """
 
 from __future__ import annotations
@@ -22,33 +27,41 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
 import structlog
-from aiohttp import WSCloseCode
 
 from asrhub.engine import SAMPLE_RATE, Audio
-from asrhub.executor import ExecutorBusy, ExecutorClosed, InferenceExecutor, Priority
+from asrhub.executor import ExecutorBusy, ExecutorClosed
+from asrhub.protocol import (
+    CLOSE_NORMAL,
+    Channel,
+    CloseInfo,
+    ProtocolContext,
+    ProtocolError,
+    Session,
+)
+from asrhub.segmenter import SegmentEvent, SegmentPump, SpeechEnded, UtteranceSegmenter
+from asrhub.streaming import BacklogFull
 
-from .messages import ErrorCode, ProtocolError, closed_message, error_message
-from .pipeline import Engines, Recognizer, Segmenter, SpeechSegment
+from .messages import (
+    EndOfAudio,
+    ErrorCode,
+    closed_message,
+    parse_sender_audio,
+    parse_sender_text,
+    refusal,
+)
+from .pipeline import Engines, Recognizer, make_segmenter
 from .settings import BroadcastSettings
 
 log = structlog.get_logger("asrhub.session_broadcast")
 
-
-class Peer(Protocol):
-    """A client as the session sees it. ``send_json`` never blocks (a bounded queue behind it
-    closes a client that falls too far behind); ``closed`` is True once it is gone."""
-
-    @property
-    def closed(self) -> bool: ...
-
-    def send_json(self, message: dict[str, Any]) -> None: ...
-
-    async def close(self, code: int = WSCloseCode.OK, reason: str = "") -> None: ...
+# Invalid audio/text messages a sender may send before it is closed (1007).
+MAX_BAD_MESSAGES = 20
+CLOSE_INVALID_DATA = 1007
+SHUTDOWN_FLUSH_S = 30.0  # on server shutdown: time to recognise the audio already received
 
 
 class State(enum.Enum):
@@ -58,92 +71,92 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-EngineLoader = Callable[[], Awaitable[Engines]]
-
-
 class BroadcastSession:
     def __init__(
         self,
         session_id: str,
         settings: BroadcastSettings,
+        ctx: ProtocolContext,
         *,
-        load_engines: EngineLoader,
-        executor: InferenceExecutor,
         on_closed: Callable[[BroadcastSession], None] | None = None,
-        on_error: Callable[[ErrorCode], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.settings = settings
+        self.ctx = ctx
         self.state = State.WAITING
-        self.sender: Peer | None = None
-        self.receivers: list[Peer] = []
+        self.sender: Channel | None = None
+        self.receivers: list[Channel] = []
         self.results = 0
         self.segments = 0
-        self.audio_seconds = 0.0
-        self.processing_seconds = 0.0
         self.receivers_peak = 0
         self.end_reason = ""
         self.opened = time.monotonic()
-        self._load_engines = load_engines
-        self._executor = executor
+        self.shutting_down = False  # the core closes the clients (1001) after the last result
+        self.engines = Engines(ctx)
         self._on_closed = on_closed
-        self._on_error = on_error
-        self._max_backlog = int(settings.max_backlog_s * SAMPLE_RATE)
-        self._audio: list[Audio] = []
-        self._queued_samples = 0  # received, not yet through the VAD
+        self._pump: SegmentPump | None = None
         self._segment_samples = 0  # segmented, not yet recognised
-        self._segments: asyncio.Queue[SpeechSegment | None] = asyncio.Queue()
-        self._wake = asyncio.Event()
-        self._eof = False
+        self._segments: asyncio.Queue[SpeechEnded | None] = asyncio.Queue()
+        self._eof = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
 
+    @property
+    def audio_seconds(self) -> float:
+        return self._pump.audio_seconds if self._pump is not None else 0.0
+
+    @property
+    def processing_seconds(self) -> float:
+        return self.engines.processing_seconds
+
     # ------------------------------------------------------------------ transitions
 
-    def add_receiver(self, peer: Peer) -> None:
+    def add_receiver(self, peer: Channel) -> None:
         if self.state is State.CLOSED:
-            raise ProtocolError(ErrorCode.SESSION_CLOSED, f"session {self.session_id!r} has ended")
+            raise refusal(ErrorCode.SESSION_CLOSED, f"session {self.session_id!r} has ended")
         self._prune()
         if len(self.receivers) >= self.settings.max_receivers:
-            raise ProtocolError(ErrorCode.TOO_MANY_RECEIVERS,
-                                f"session {self.session_id!r} already has "
-                                f"{self.settings.max_receivers} receivers")
+            raise refusal(ErrorCode.TOO_MANY_RECEIVERS, f"session {self.session_id!r} already has "
+                                                        f"{self.settings.max_receivers} receivers")
         self.receivers.append(peer)
         self.receivers_peak = max(self.receivers_peak, len(self.receivers))
 
-    def remove_receiver(self, peer: Peer) -> None:
+    def remove_receiver(self, peer: Channel) -> None:
         if peer in self.receivers:
             self.receivers.remove(peer)
         if self.state is State.WAITING and not self.receivers:
             self._mark_closed("no clients left")
 
-    def attach_sender(self, peer: Peer) -> None:
+    def attach_sender(self, peer: Channel) -> None:
         if self.state is State.WAITING:
             self.sender = peer
             self.state = State.LIVE
+            self._pump = SegmentPump(self._open_segmenter, self._vad_call, self._on_segments,
+                                     max_backlog_s=self.settings.max_backlog_s,
+                                     on_error=self._vad_failed)
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"broadcast-{self.session_id}")
             return
         if self.state is State.CLOSED:
-            raise ProtocolError(ErrorCode.SESSION_CLOSED, f"session {self.session_id!r} has ended")
+            raise refusal(ErrorCode.SESSION_CLOSED, f"session {self.session_id!r} has ended")
         what = "already has a sender" if self.state is State.LIVE else "is finishing its last sender's audio"
-        raise ProtocolError(ErrorCode.SENDER_EXISTS,
-                            f"session {self.session_id!r} {what}: one sender per session")
+        raise refusal(ErrorCode.SENDER_EXISTS,
+                      f"session {self.session_id!r} {what}: one sender per session")
 
     def feed(self, pcm: Audio) -> None:
         """Queue the sender's audio (never blocks)."""
-        if self.state is not State.LIVE:
+        if self.state is not State.LIVE or self._pump is None:
             raise ProtocolError(ErrorCode.SESSION_CLOSED, "the session takes no more audio")
-        if self._queued_samples + self._segment_samples + len(pcm) > self._max_backlog:
-            raise ProtocolError(ErrorCode.BACKLOG_FULL,
-                                f"more than {self.settings.max_backlog_s:g} s of audio waiting to be "
-                                "recognised: the server cannot keep up with this sender")
-        if len(pcm) == 0:
-            return
-        self._audio.append(pcm)
-        self._queued_samples += len(pcm)
-        self.audio_seconds += len(pcm) / SAMPLE_RATE
-        self._wake.set()
+        waiting = int(self._pump.backlog_seconds * SAMPLE_RATE) + self._segment_samples
+        too_much = ProtocolError(ErrorCode.BACKLOG_FULL,
+                                 f"more than {self.settings.max_backlog_s:g} s of audio waiting to be "
+                                 "recognised: the server cannot keep up with this sender")
+        if waiting + len(pcm) > self._pump.max_backlog:
+            raise too_much
+        try:
+            self._pump.feed(pcm)
+        except BacklogFull:
+            raise too_much from None
 
     def end_of_audio(self, reason: str) -> None:
         """The sender said ``close`` or went away: recognise what is left, then close."""
@@ -151,79 +164,72 @@ class BroadcastSession:
             return
         self.state = State.FINISHING
         self.end_reason = reason
-        self._eof = True
-        self._wake.set()
+        self._eof.set()
 
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
+    async def wait_closed(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._closed.wait(), timeout)
 
     async def shutdown(self, reason: str = "server shutting down") -> None:
-        """Stop now (server shutdown): no more results, every client closed with 1001."""
+        """Stop now: no more results, every client closed with 1001."""
         if self.state is State.CLOSED:
             return
         self.end_reason = self.end_reason or reason
         if self._task is not None and not self._task.done():
             self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
-                pass
-        await self._close_all(WSCloseCode.GOING_AWAY, reason, ack=False)
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._pump is not None:
+            await self._pump.close()
+        await self._close_all(1001, reason, ack=False)
 
     # ------------------------------------------------------------------ pipeline
 
+    async def _vad_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.engines.call("vad", lambda _vad, *a: fn(*a), *args)
+
+    async def _open_segmenter(self) -> UtteranceSegmenter:
+        return make_segmenter(self.settings, await self.engines.call("vad", lambda vad: vad.open_stream()))
+
+    async def _on_segments(self, events: list[SegmentEvent]) -> None:
+        minimum = int(self.settings.min_segment_s * SAMPLE_RATE)
+        for event in events:
+            if isinstance(event, SpeechEnded) and event.samples >= max(minimum, 1):
+                self.segments += 1
+                self._segment_samples += event.samples
+                self._segments.put_nowait(event)
+
+    async def _vad_failed(self, exc: Exception) -> None:
+        self._stop_accepting(self._failure(exc, "segmentation"))
+        if self._pump is not None:
+            self._pump.end_utterance()
+
     async def _run(self) -> None:
-        recognize: asyncio.Task[None] | None = None
+        assert self._pump is not None
         try:
-            engines = await self._load_engines()
-            vad_stream = await self._executor.run(engines.vad.open_stream, priority=Priority.LIVE)
-            segmenter = Segmenter(vad_stream, max_segment_s=self.settings.max_segment_s,
-                                  min_segment_s=self.settings.min_segment_s)
-            recognizer = Recognizer(engines, self._executor, self.settings)
-            recognize = asyncio.get_running_loop().create_task(
-                self._recognize_loop(recognizer), name=f"broadcast-asr-{self.session_id}")
-            try:
-                await self._segment_loop(segmenter, getattr(engines.vad, "name", None))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the VAD failed: recognise what we have
-                self._stop_accepting(self._failure(exc, "segmentation"))
+            identify = await self.engines.load(self.settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - engines could not be loaded
+            self._stop_accepting(self._failure(exc, "pipeline"))
+            await self._pump.reset()
+            await self._close_all(CLOSE_NORMAL, "session ended", ack=True)
+            return
+        recognize = asyncio.get_running_loop().create_task(
+            self._recognize_loop(Recognizer(self.engines, self.settings, identify)),
+            name=f"broadcast-asr-{self.session_id}")
+        try:
+            await self._eof.wait()
+            await self._pump.finish()
             self._segments.put_nowait(None)
             await recognize
         except asyncio.CancelledError:
-            if recognize is not None:
-                recognize.cancel()
+            recognize.cancel()
             raise
-        except Exception as exc:  # noqa: BLE001 - engines could not be loaded (or a bug)
-            self._stop_accepting(self._failure(exc, "pipeline"))
-        await self._close_all(WSCloseCode.OK, "session ended", ack=True)
-
-    async def _segment_loop(self, segmenter: Segmenter, engine: str | None) -> None:
-        while True:
-            if not self._audio:
-                if self._eof:
-                    break
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            chunks, self._audio = self._audio, []
-            pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-            try:
-                found = await self._timed(segmenter.accept, pcm, engine=engine)
-            finally:
-                self._queued_samples -= len(pcm)
-            self._queue(found)
-        self._queue(await self._timed(segmenter.finish, engine=engine))
-
-    def _queue(self, segments: list[SpeechSegment]) -> None:
-        for segment in segments:
-            self.segments += 1
-            self._segment_samples += segment.samples
-            self._segments.put_nowait(segment)
+        finally:
+            await self._pump.close()
+        await self._close_all(CLOSE_NORMAL, "session ended", ack=True)
 
     async def _recognize_loop(self, recognizer: Recognizer) -> None:
         while (segment := await self._segments.get()) is not None:
-            started = time.perf_counter()
             try:
                 result = await recognizer.recognize(segment)
             except asyncio.CancelledError:
@@ -232,39 +238,27 @@ class BroadcastSession:
                 code = self._failure(exc, "recognition")
                 if isinstance(exc, ExecutorClosed):
                     return
-                self._tell_sender(error_message(code, f"a segment at {segment.start / SAMPLE_RATE:.1f} s "
-                                                      f"could not be recognised: {exc}"))
+                self._tell_sender_error(ProtocolError(
+                    code, f"a segment at {segment.start / SAMPLE_RATE:.1f} s could not be recognised: {exc}"[:300]))
                 continue
             finally:
                 self._segment_samples -= segment.samples
-                self.processing_seconds += time.perf_counter() - started
             if result is not None:
                 self.results += 1
                 self._broadcast(result.to_dict())
-
-    async def _timed(self, fn: Callable[..., Any], *args: Any, engine: str | None) -> Any:
-        started = time.perf_counter()
-        try:
-            return await self._executor.run(fn, *args, priority=Priority.LIVE, engine=engine)
-        finally:
-            self.processing_seconds += time.perf_counter() - started
 
     def _failure(self, exc: BaseException, stage: str) -> ErrorCode:
         code = ErrorCode.SERVER_BUSY if isinstance(exc, ExecutorBusy | ExecutorClosed) \
             else ErrorCode.RECOGNITION_FAILED
         log.warning("broadcast_stage_failed", session_id=self.session_id, stage=stage,
                     error=f"{exc.__class__.__name__}: {exc}")
-        if self._on_error is not None:
-            self._on_error(code)
         return code
 
     def _stop_accepting(self, code: ErrorCode) -> None:
-        self._tell_sender(error_message(code, "the session cannot continue: the server could not "
-                                              "process its audio"))
+        self._tell_sender_error(ProtocolError(code, "the session cannot continue: the server could "
+                                                    "not process its audio"))
         if self.state is State.LIVE:
             self.end_of_audio(f"server error ({code})")
-        self._audio.clear()
-        self._queued_samples = 0
 
     # ------------------------------------------------------------------ clients
 
@@ -275,11 +269,14 @@ class BroadcastSession:
         self._prune()
         for peer in self.receivers:
             peer.send_json(message)
-        self._tell_sender(message)
-
-    def _tell_sender(self, message: dict[str, Any]) -> None:
         if self.sender is not None and not self.sender.closed:
             self.sender.send_json(message)
+
+    def _tell_sender_error(self, err: ProtocolError) -> None:
+        if self.sender is not None and not self.sender.closed:
+            self.sender.send_error(err)
+        else:  # nobody to tell, but it happened
+            self.ctx.hub.count_error(self.ctx.name, str(err.code))
 
     def _mark_closed(self, reason: str) -> None:
         if self.state is State.CLOSED:
@@ -293,15 +290,16 @@ class BroadcastSession:
     async def _close_all(self, code: int, reason: str, *, ack: bool) -> None:
         if self.state is State.CLOSED:
             return
-        if ack:
-            self._tell_sender(closed_message(self.session_id, self.results, self.audio_seconds,
-                                             self.end_reason or reason))
+        if ack and self.sender is not None and not self.sender.closed:
+            self.sender.send_json(closed_message(self.session_id, self.results, self.audio_seconds,
+                                                 self.end_reason or reason))
         sender, receivers = self.sender, list(self.receivers)
         self._mark_closed(reason)
-        closing = [peer.close(code, reason) for peer in receivers if not peer.closed]
-        if sender is not None and not sender.closed:
-            closing.append(sender.close(code, "session closed" if code == WSCloseCode.OK else reason))
-        await asyncio.gather(*closing, return_exceptions=True)
+        if not self.shutting_down:  # else the core closes everybody with 1001 after this
+            closing = [peer.close(code, reason) for peer in receivers if not peer.closed]
+            if sender is not None and not sender.closed:
+                closing.append(sender.close(code, "session closed" if code == CLOSE_NORMAL else reason))
+            await asyncio.gather(*closing, return_exceptions=True)
         log.info("broadcast_session_closed", session_id=self.session_id, reason=self.end_reason,
                  audio_s=round(self.audio_seconds, 3), segments=self.segments, results=self.results,
                  receivers_peak=self.receivers_peak,
@@ -311,27 +309,30 @@ class BroadcastSession:
 class SessionRegistry:
     """The live sessions of one listener, by id."""
 
-    def __init__(self, settings: BroadcastSettings, *, load_engines: EngineLoader,
-                 executor: Callable[[], InferenceExecutor],
-                 on_error: Callable[[ErrorCode], None] | None = None) -> None:
-        self.settings = settings
-        self._load_engines = load_engines
-        self._executor = executor
-        self._on_error = on_error
+    def __init__(self, ctx: ProtocolContext) -> None:
+        self.ctx = ctx
         self.sessions: dict[str, BroadcastSession] = {}
+
+    @property
+    def settings(self) -> BroadcastSettings:
+        return self.ctx.settings
 
     def get_or_create(self, session_id: str) -> BroadcastSession:
         session = self.sessions.get(session_id)
         if session is not None and session.state is not State.CLOSED:
             return session
-        if len(self.sessions) >= self.settings.max_sessions:
-            raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS,
-                                f"the server already holds {self.settings.max_sessions} sessions")
-        session = BroadcastSession(session_id, self.settings, load_engines=self._load_engines,
-                                   executor=self._executor(), on_closed=self._forget,
-                                   on_error=self._on_error)
+        session = BroadcastSession(session_id, self.settings, self.ctx, on_closed=self._forget)
         self.sessions[session_id] = session
         return session
+
+    def with_sender(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.state in (State.LIVE, State.FINISHING))
+
+    def attach_sender(self, session: BroadcastSession, peer: Channel) -> None:
+        if session.state is State.WAITING and self.with_sender() >= self.settings.max_sessions:
+            raise refusal(ErrorCode.TOO_MANY_SESSIONS,
+                          f"the server already holds {self.settings.max_sessions} sessions")
+        session.attach_sender(peer)
 
     def _forget(self, session: BroadcastSession) -> None:
         if self.sessions.get(session.session_id) is session:
@@ -340,3 +341,111 @@ class SessionRegistry:
     async def shutdown(self) -> None:
         await asyncio.gather(*(s.shutdown() for s in list(self.sessions.values())),
                              return_exceptions=True)
+
+
+# ----------------------------------------------------------------------------- connections
+
+
+class ReceiverConnection(Session):
+    """A receiver only listens; whatever it sends is answered once with an error and ignored."""
+
+    def __init__(self, channel: Channel, session: BroadcastSession) -> None:
+        self.channel = channel
+        self.session = session
+        self._warned = False
+
+    async def on_text(self, text: str) -> None:
+        self._refuse_data()
+
+    async def on_binary(self, data: bytes) -> None:
+        self._refuse_data()
+
+    def _refuse_data(self) -> None:
+        if not self._warned:
+            self._warned = True
+            raise ProtocolError(ErrorCode.RECEIVER_SENT_DATA, "receivers only receive results; "
+                                "messages from a receiver are ignored")
+
+    async def on_close(self, info: CloseInfo) -> None:
+        if info.shutdown and self.session.state is not State.CLOSED:
+            # Results of audio already received still reach us before the core's 1001.
+            self.session.shutting_down = True
+            try:
+                await self.session.wait_closed(SHUTDOWN_FLUSH_S)
+            except TimeoutError:
+                pass
+        self.session.remove_receiver(self.channel)
+
+    def summary(self) -> dict[str, Any]:
+        return {"session_id": self.session.session_id, "mode": "receiver"}
+
+
+class SenderConnection(Session):
+    """The one sender of a session: float32 PCM frames and the text ``"close"``."""
+
+    def __init__(self, channel: Channel, session: BroadcastSession) -> None:
+        self.channel = channel
+        self.session = session
+        self.end = "sender disconnected"  # a closed browser tab sends no "close"
+        self.bad = 0
+        self.taking_audio = True
+
+    async def on_text(self, text: str) -> None:
+        if not self.taking_audio:
+            return
+        try:
+            if isinstance(parse_sender_text(text), EndOfAudio):
+                self._stop("sender sent close")
+        except ProtocolError as exc:
+            self._bad(exc)
+
+    async def on_binary(self, data: bytes) -> None:
+        if not self.taking_audio:
+            return
+        try:
+            frame = parse_sender_audio(data)
+            self.session.feed(frame.pcm)
+            self.audio_seconds += len(frame.pcm) / SAMPLE_RATE
+        except ProtocolError as exc:
+            if exc.code in (ErrorCode.BACKLOG_FULL, ErrorCode.SESSION_CLOSED):
+                # no more audio is taken: what was accepted is still recognised
+                self._stop("backlog full" if exc.code is ErrorCode.BACKLOG_FULL else "server error")
+                raise
+            self._bad(exc)
+
+    def _stop(self, reason: str) -> None:
+        """No more audio: the session sends the remaining results, then the acknowledgement,
+        then closes this connection (1000, "session closed")."""
+        self.taking_audio = False
+        self.end = reason
+        self.session.end_of_audio(reason)
+
+    def _bad(self, exc: ProtocolError) -> None:
+        self.bad += 1
+        self.channel.send_error(exc)
+        if self.bad >= MAX_BAD_MESSAGES:
+            # A client sending the wrong format gets one clear close, not an error per frame
+            # forever. What it sent before still reaches the receivers.
+            self._stop("too many invalid messages")
+            self.channel.close_soon(CLOSE_INVALID_DATA, f"{MAX_BAD_MESSAGES} invalid messages "
+                                    f'({exc.code}): expected float32 PCM, 16 kHz, mono, and text "close"')
+
+    async def on_close(self, info: CloseInfo) -> None:
+        if info.shutdown:
+            self._stop("server shutting down")
+            self.session.shutting_down = True
+            try:  # the audio already received is recognised and broadcast before the 1001
+                await self.session.wait_closed(SHUTDOWN_FLUSH_S)
+            except TimeoutError:
+                log.warning("broadcast_flush_incomplete", session_id=self.session.session_id)
+        elif self.taking_audio:
+            self._stop(self.end)
+
+    @property
+    def processing_seconds(self) -> float:  # type: ignore[override]
+        return self.session.processing_seconds
+
+    def summary(self) -> dict[str, Any]:
+        s = self.session
+        return {"session_id": s.session_id, "mode": "sender", "results": s.results,
+                "segments": s.segments, "receivers_peak": s.receivers_peak, "end": self.end}

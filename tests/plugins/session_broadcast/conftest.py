@@ -3,6 +3,7 @@ dir), fresh copies of the seed's client examples, and helpers to talk to a real 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from asrhub.audio import decode_file
+from asrhub.protocol import Channel, ProtocolContext, Transport
 from asrhub.testing import manifest, testdata_dir
 
 HERE = Path(__file__).resolve().parent
@@ -79,3 +81,41 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                            [quiet(0.3, 5), load("en/pocketsphinx_goforward.wav"), quiet(0.3, 6)]),
         "short_text": rows["en/pocketsphinx_goforward.wav"]["transcript"],
     }
+
+
+def context(hub: Any, settings: Any) -> ProtocolContext:
+    """The context the core would hand session_broadcast's setup (the hub has an executor)."""
+    return ProtocolContext(name="session_broadcast", hub=hub, settings=settings,
+                           listener=hub.listener("session_broadcast").config, executor=hub.executor,
+                           metrics=hub.metrics, loop_lag=hub.loop_lag, transport=Transport(hub))
+
+
+class ListChannel(Channel):
+    """The kit's own :class:`Channel` (bounded outbox, JSON encoding, close rules) writing into a
+    list instead of a socket. ``stuck``: a client that stopped reading (its outbox holds one
+    message; the next one overflows it and closes the client with 1008)."""
+
+    def __init__(self, ctx: ProtocolContext, *, stuck: bool = False) -> None:
+        from asrhub.protocol import WebSocketRoute
+        from asrhub_plugins.session_broadcast.messages import CODES, error_message
+
+        self.messages: list[Any] = []
+        self.stuck = stuck
+        self._gone = False
+        route = WebSocketRoute("/", lambda channel, request: None, error_message, CODES)  # type: ignore[arg-type, return-value]
+        super().__init__(ctx, route, "127.0.0.1", 1 if stuck else 10_000)
+
+    def _transport_closed(self) -> bool:
+        return self._gone
+
+    async def _write(self, item: str | bytes) -> None:
+        if self.stuck:
+            await asyncio.Event().wait()  # never written
+        self.messages.append(json.loads(item) if isinstance(item, str) else item)
+
+    async def _transport_close(self, code: int, reason: str) -> None:
+        self._gone = True
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if isinstance(m, dict) and "asr" in m]

@@ -71,7 +71,7 @@ def test_unknown_speaker_value():
 
 
 def test_our_messages_have_a_type_results_do_not():
-    assert m.error_message(m.ErrorCode.SENDER_EXISTS, "x")["type"] == "error"
+    assert m.error_message(m.ProtocolError(m.ErrorCode.SENDER_EXISTS, "x")) == {"type": "error", "code": "sender_exists", "message": "x"}
     ack = m.closed_message("s1", 3, 12.34567, "sender sent close")
     assert ack == {"type": "closed", "session_id": "s1", "results": 3, "audio_s": 12.346,
                    "reason": "sender sent close"}

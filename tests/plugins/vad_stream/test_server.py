@@ -245,6 +245,7 @@ async def register(ws, user_id: str, clip: str) -> list[dict]:
     return await recv_until(ws, lambda m: m["type"] in ("speaker_register_result", "error"), 120)
 
 
+@pytest.mark.slow
 async def test_register_verify_accept_and_reject(server):
     async with websockets.connect(ws_url(server)) as ws:
         seen = await register(ws, "spk1", SPK1_ENROLL)
