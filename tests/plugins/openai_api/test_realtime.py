@@ -174,3 +174,42 @@ async def test_realtime_needs_the_token(base_url) -> None:
     with pytest.raises(InvalidStatus) as info:
         await connect(url, additional_headers={"Authorization": "Bearer sk-wrong"})
     assert info.value.response.status_code == 401
+
+
+@pytest.mark.slow
+async def test_shutdown_flushes_the_item_in_progress() -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from asrhub.server import Server
+    from asrhub.testing import make_hub
+
+    from .conftest import hub_sections
+
+    hub = make_hub(hub_sections(), only=["openai_api"])
+    server = Server(hub)
+    await server.start(preload=True)
+    stopped = False
+    try:
+        url = f"ws://127.0.0.1:{server.ports['openai_api']}/v1/realtime?intent=transcription"
+        async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            await _next(ws, "session.created")
+            speech = joined([READER[0]], rate=24000)  # no silence after it: speech goes on
+            for start in range(0, len(speech), 2400):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(pcm16(speech[start:start + 2400])).decode()}))
+            await _next(ws, "input_audio_buffer.speech_started")
+            stopping = asyncio.ensure_future(server.stop())
+            events = []
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(120):
+                    while True:
+                        events.append(json.loads(await ws.recv()))
+            await stopping
+            stopped = True
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        done = [e for e in events if e["type"].endswith("transcription.completed")]
+        assert done and wer(reference([READER[0]]), done[-1]["transcript"]) <= MAX_WER, events
+    finally:
+        if not stopped:
+            await server.stop()
