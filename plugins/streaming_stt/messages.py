@@ -9,16 +9,18 @@ and ``error``. The seed defines no error message; ours is ``{"type": "error", "c
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from asrhub.protocol import ErrorCodes, ProtocolError, loads
+
 CONNECTED_MESSAGE = "已连接到流式 STT 服务"
 
 # Error codes (the seed has none of its own).
-INVALID_JSON = "invalid_json"  # a text frame that is not a JSON object
+INVALID_JSON = "invalid_json"  # a text frame that is not a JSON object (NaN, huge numbers too)
 INVALID_MESSAGE = "invalid_message"  # JSON without a usable "command"
+MESSAGE_TOO_LARGE = "message_too_large"  # a frame over max_message_bytes (dropped; connection kept)
 UNKNOWN_COMMAND = "unknown_command"
 INVALID_AUDIO = "invalid_audio"  # PCM of odd length, an undecodable container stream
 NOT_AUDIO = "not_audio"  # a binary frame that is plainly not audio (text, JSON, an image...)
@@ -29,17 +31,13 @@ BACKLOG_FULL = "backlog_full"
 SERVER_BUSY = "server_busy"
 ENGINE_ERROR = "engine_error"
 TOO_MANY_CONNECTIONS = "too_many_connections"
+INTERNAL_ERROR = "internal_error"  # a failure inside the server (the connection is closed)
+
+# The codes of the errors the protocol kit detects itself (transport, limits, executor).
+CODES = ErrorCodes(bad_message=INVALID_MESSAGE, too_big=MESSAGE_TOO_LARGE, busy=SERVER_BUSY,
+                   internal=INTERNAL_ERROR, too_many_connections=TOO_MANY_CONNECTIONS)
 
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
-
-
-class ProtocolError(Exception):
-    """A client message the protocol cannot accept; ``code`` is one of the codes above."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -57,11 +55,11 @@ class Stop:
 Command = Start | Stop
 
 
-def parse_command(text: str) -> Command:
-    """Parse one text frame. Raises :class:`ProtocolError`."""
+def parse_command(text: str | bytes) -> Command:
+    """Parse one text frame. Raises :class:`~asrhub.protocol.ProtocolError`."""
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        data = loads(text)
+    except ValueError:  # malformed, NaN/Infinity, huge integers, deep nesting
         raise ProtocolError(INVALID_JSON, "text messages must be JSON, e.g. {\"command\": \"start\"}") from None
     if not isinstance(data, dict):
         raise ProtocolError(INVALID_JSON, "a message must be a JSON object")
@@ -101,8 +99,13 @@ def session_ended() -> dict[str, Any]:
     return {"type": "session_ended"}
 
 
-def error(code: str, message: str) -> dict[str, Any]:
+def error(code: str | int, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
+
+
+def error_message(err: ProtocolError) -> dict[str, Any]:
+    """Our error envelope, for the protocol kit's route."""
+    return error(err.code, err.message)
 
 
 # ---------------------------------------------------------------- binary frames

@@ -8,11 +8,10 @@ from asrhub.specs import ProtocolSpec
 from .settings import StreamingSTTSettings
 
 
-def _setup(ctx):
-    app, hub, settings = ctx.app, ctx.hub, ctx.settings  # imported lazily: listing plugins loads no aiohttp handlers
-    from .handler import setup
+def _setup(ctx) -> None:
+    from .handler import setup  # imported lazily: listing plugins loads no aiohttp handlers
 
-    setup(app, hub, settings)
+    setup(ctx)
 
 
 @hookimpl

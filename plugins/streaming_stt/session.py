@@ -1,11 +1,13 @@
-"""The streaming STT session: an explicit state machine, no sockets.
+"""The streaming STT session: an explicit state machine, no sockets (a protocol-kit
+:class:`~asrhub.protocol.Session`: it talks to the client only through its channel).
 
 One :class:`StreamingSession` per connection; it runs any number of recognition sessions one
 after another::
 
     IDLE --start / audio--> ACTIVE --stop / idle end / engine failure--> FINISHING --> ENDED
+    ACTIVE --stop (webm/ogg, or no audio yet)--> STOPPING --grace over / start--> FINISHING
     ENDED --start--> ACTIVE          ENDED --audio (only after an idle end)--> ACTIVE
-    any --disconnect--> CLOSED
+    any --disconnect--> CLOSED       any --server shutdown--> final for what was received
 
 Incremental recognition: audio goes to the engine's VAD-segmented stream every
 ``feed_interval_s`` (0.25 s); the engine decides when to decode (Whisper: a partial at most
@@ -19,7 +21,11 @@ every utterance of the session.
 Decisions the seed leaves open (documented in the README):
 
 - ``stop`` → the remaining audio is recognised → ``final`` → ``session_ended``; audio after
-  ``stop`` is an error until the next ``start``.
+  ``stop`` is an error until the next ``start``. Except within ``stop_grace_s`` of the stop
+  of a webm/ogg session (or one with no audio yet): the seed's JavaScript client calls
+  ``mediaRecorder.stop()`` and sends ``stop`` at once, so MediaRecorder's last chunk arrives
+  after the stop; it goes into the same final (meanwhile the audio already received is being
+  recognised). A ``start`` during the grace ends the session at once.
 - A session that received audio and then none for ``idle_end_s`` ends by itself exactly as if
   stopped. The seed's asyncio client needs this: it only sends ``stop`` after its receive loop
   saw ``session_ended``. A ``stop`` arriving after such an idle end is answered with the same
@@ -37,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,9 +51,10 @@ import structlog
 
 from asrhub.audio import AudioError, pcm16le_to_float
 from asrhub.container_stream import ContainerStream, sniff_container
-from asrhub.engine import SAMPLE_RATE, ASRStream, Audio, Hypothesis
-from asrhub.executor import ExecutorBusy, InferenceExecutor
-from asrhub.streaming import BacklogFull, StreamPump
+from asrhub.engine import SAMPLE_RATE, Audio, Hypothesis
+from asrhub.executor import ExecutorBusy, ExecutorClosed
+from asrhub.protocol import CloseInfo, ProtocolError, Session
+from asrhub.streaming import BacklogFull, LiveRecognizer, StreamPump
 from asrhub.text import join_texts
 
 from . import messages as m
@@ -55,13 +62,11 @@ from .settings import StreamingSTTSettings
 
 log = structlog.get_logger("asrhub.streaming_stt")
 
-Send = Callable[[dict[str, Any]], None]
-OpenStream = Callable[[str | None], Awaitable[ASRStream]]
-
 
 class State(enum.Enum):
     IDLE = "idle"  # connected, no session yet
     ACTIVE = "active"  # a session is receiving audio
+    STOPPING = "stopping"  # stop received; late audio (the grace period) still joins the session
     FINISHING = "finishing"  # the remaining audio is being recognised
     ENDED = "ended"  # final and session_ended were sent
     CLOSED = "closed"  # the connection is gone
@@ -73,24 +78,18 @@ class EndReason(enum.Enum):
     ERROR = "error"
 
 
-class StreamingSession:
+class StreamingSession(Session):
     def __init__(
         self,
-        *,
-        send: Send,
-        open_stream: OpenStream,
-        executor: InferenceExecutor,
+        channel,
+        recognizer: LiveRecognizer,
         settings: StreamingSTTSettings,
-        engine: str | None = None,
-        count_error: Callable[[str], None] | None = None,
+        *,
         observe_final_latency: Callable[[float], None] | None = None,
     ) -> None:
-        self._send = send
-        self._open_stream = open_stream
-        self._executor = executor
+        self.channel = channel
+        self.recognizer = recognizer
         self.settings = settings
-        self._engine = engine
-        self._count_error = count_error
         self._observe_final_latency = observe_final_latency
         self._loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
@@ -103,7 +102,6 @@ class StreamingSession:
         self.audio_seconds = 0.0  # over every session of the connection
         self.processing_seconds = 0.0
         self.partials_sent = 0
-        self.errors_sent = 0
 
         self._pump: StreamPump | None = None
         self._container: ContainerStream | None = None
@@ -115,6 +113,8 @@ class StreamingSession:
         self._last_audio: float | None = None
         self._idle_task: asyncio.Task | None = None
         self._fail_task: asyncio.Task | None = None
+        self._grace_task: asyncio.Task | None = None
+        self._stop_received = 0.0
         self._engine_failed = False
         self._last_final = ""
         self._refused_audio = False
@@ -125,33 +125,43 @@ class StreamingSession:
         """Finished utterances, then the guess for the one in progress."""
         return join_texts([*self._finished, self._current])
 
+    async def on_open(self) -> None:
+        self.channel.send_json(m.connected())
+
     async def on_text(self, text: str) -> None:
-        try:
-            command = m.parse_command(text)
-        except m.ProtocolError as exc:
-            self._error(exc.code, exc.message)
-            return
+        command = m.parse_command(text)  # a ProtocolError is answered by the kit
         async with self._lock:
             if self.state is State.CLOSED:
                 return
             if isinstance(command, m.Start):
                 if self.state is State.ACTIVE:
                     self._error(m.SESSION_ACTIVE, "a session is already running; send stop first")
-                else:
-                    await self._begin(command.language)
+                    return
+                if self.state is State.STOPPING:  # no more grace: end the stopped one now
+                    await self._end(EndReason.STOP)
+                await self._begin(command.language)
             elif self.state is State.ACTIVE:
-                await self._end(EndReason.STOP)
+                self._stop_received = self._loop.time()
+                if self._grace_applies():
+                    self.state = State.STOPPING
+                    self._feed_pending()  # recognise what we have while the grace runs
+                    self._grace_task = self._loop.create_task(self._end_after_grace(),
+                                                              name="streaming-stt-grace")
+                else:
+                    await self._end(EndReason.STOP)
+            elif self.state is State.STOPPING:
+                pass  # a second stop: the final is on its way
             elif self.state is State.ENDED and self.ended_by in (EndReason.IDLE, EndReason.ERROR):
                 # The session already ended by itself: answer the stop as if it ended now.
-                self._send(m.final(self._last_final))
-                self._send(m.session_ended())
+                self.channel.send_json(m.final(self._last_final))
+                self.channel.send_json(m.session_ended())
                 self.ended_by = EndReason.STOP
             else:
                 self._error(m.NO_SESSION, "no session is running (send start, then audio)")
 
     async def on_binary(self, data: bytes) -> None:
         async with self._lock:
-            if self.state is State.CLOSED:
+            if self.state in (State.CLOSED, State.FINISHING):
                 return
             if self.state is State.ENDED and self.ended_by is not EndReason.IDLE:
                 if self._refused_audio:  # told once per ended session, not once per frame
@@ -161,7 +171,7 @@ class StreamingSession:
                 self._error(m.AUDIO_AFTER_STOP,
                             f"the session {why}; send {{\"command\": \"start\"}} to begin a new one")
                 return
-            if self.state is not State.ACTIVE:
+            if self.state not in (State.ACTIVE, State.STOPPING):
                 problem = _first_frame_problem(data)
                 if problem is not None:
                     self._error(*problem)
@@ -170,10 +180,23 @@ class StreamingSession:
                     return
             await self._accept(data)
 
+    async def on_close(self, info: CloseInfo) -> None:
+        """The connection ends. At server shutdown a session in progress gets its final (for
+        the audio already received) and session_ended first."""
+        if info.shutdown:
+            async with self._lock:  # a grace or idle end already finishing keeps it
+                if self.state in (State.ACTIVE, State.STOPPING) and self._pump is not None:
+                    await self._end(EndReason.STOP)
+        await self.close()
+
+    def summary(self) -> dict[str, Any]:
+        return {"recognition_sessions": self.sessions, "partials": self.partials_sent,
+                "format": self.input_format}
+
     async def close(self) -> None:
         """The connection is gone: stop everything this session holds."""
         self.state = State.CLOSED
-        for task in (self._idle_task, self._fail_task):
+        for task in (self._idle_task, self._fail_task, self._grace_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 try:
@@ -186,20 +209,23 @@ class StreamingSession:
 
     async def _begin(self, language: str | None) -> bool:
         language = language or self.settings.language or None
+        backlog = self.settings.max_backlog_s * 1.5 + 5 * self.settings.feed_interval_s
         try:
-            stream = await self._open_stream(language)
+            pump = await self.recognizer.open(self._on_hypotheses, language=language,
+                                              max_backlog_s=backlog, on_error=self._on_pump_error)
         except ExecutorBusy:
             self._error(m.SERVER_BUSY, "the server is busy; try again shortly")
             return False
+        except ExecutorClosed:
+            raise  # shutting down: the kit answers and closes
         except Exception as exc:  # noqa: BLE001 - reported to the client
             log.exception("open_stream_failed")
             self._error(m.ENGINE_ERROR, f"the recogniser is not available: {exc}")
             return False
         if self.state is State.CLOSED:
+            await pump.close()
             return False
-        backlog = self.settings.max_backlog_s * 1.5 + 5 * self.settings.feed_interval_s
-        self._pump = StreamPump(self._executor, stream, self._on_hypotheses, engine=self._engine,
-                                max_backlog_s=backlog)
+        self._pump = pump
         self._finished, self._current, self._last_partial = [], "", ""
         self._pending, self._pending_len = [], 0
         self._last_audio = None
@@ -209,7 +235,7 @@ class StreamingSession:
         self.state = State.ACTIVE
         self.sessions += 1
         log.debug("session_started", session=self.sessions, language=language)
-        self._send(m.session_started())
+        self.channel.send_json(m.session_started())
         if self.settings.idle_end_s > 0:
             self._idle_task = self._loop.create_task(self._watch_idle(), name="streaming-stt-idle")
         return True
@@ -217,11 +243,13 @@ class StreamingSession:
     async def _end(self, reason: EndReason) -> None:
         """Recognise what remains, send final and session_ended. The lock is held."""
         assert self._pump is not None
+        stopping = self.state is State.STOPPING
         self.state = State.FINISHING
-        started = self._loop.time()
+        started = self._stop_received if stopping else self._loop.time()
         if self._idle_task is not None and self._idle_task is not asyncio.current_task():
             self._idle_task.cancel()
         self._idle_task = None
+        self._cancel_grace()
         if self._container is not None:
             await self._container.finish()  # its last audio arrives through _on_pcm
         self._feed_pending()
@@ -230,8 +258,8 @@ class StreamingSession:
         except Exception as exc:  # noqa: BLE001 - the final still goes out with what we have
             self._report_engine_failure(exc)
         text = self.text()
-        self._send(m.final(text))
-        self._send(m.session_ended())
+        self.channel.send_json(m.final(text))
+        self.channel.send_json(m.session_ended())
         if reason is EndReason.STOP and self._observe_final_latency is not None:
             self._observe_final_latency(self._loop.time() - started)
         log.debug("session_ended", session=self.sessions, reason=reason.value,
@@ -252,6 +280,23 @@ class StreamingSession:
             self.audio_seconds += pump.audio_seconds
             self.processing_seconds += pump.processing_seconds
         self._pending, self._pending_len = [], 0
+
+    def _grace_applies(self) -> bool:
+        """Late audio is expected from MediaRecorder (webm/ogg), and from a client whose
+        recorder has not delivered its first chunk yet; raw PCM clients send before stop."""
+        return self.settings.stop_grace_s > 0 and self.input_format != "pcm"
+
+    async def _end_after_grace(self) -> None:
+        await asyncio.sleep(self.settings.stop_grace_s)
+        async with self._lock:
+            if self.state is State.STOPPING and self._grace_task is asyncio.current_task():
+                self._grace_task = None
+                await self._end(EndReason.STOP)
+
+    def _cancel_grace(self) -> None:
+        task, self._grace_task = self._grace_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
 
     async def _watch_idle(self) -> None:
         idle = self.settings.idle_end_s
@@ -316,7 +361,7 @@ class StreamingSession:
         self._last_audio = self._loop.time()
 
     def _on_pcm(self, pcm: Audio) -> None:
-        if self.state not in (State.ACTIVE, State.FINISHING) or self._engine_failed:
+        if self.state not in (State.ACTIVE, State.STOPPING, State.FINISHING) or self._engine_failed:
             return
         self._pending.append(pcm)
         self._pending_len += len(pcm)
@@ -338,8 +383,16 @@ class StreamingSession:
                 self._fail_task = self._loop.create_task(self._end_after_failure())
 
     def _on_decode_error(self, error: AudioError) -> None:
-        if self.state in (State.ACTIVE, State.FINISHING):
+        if self.state in (State.ACTIVE, State.STOPPING, State.FINISHING):
             self._error(m.INVALID_AUDIO, str(error))
+
+    def _on_pump_error(self, exc: BaseException) -> None:
+        """The engine failed inside the pump's task: tell the client now, end the session."""
+        if self.state is State.CLOSED:
+            return
+        self._report_engine_failure(exc)
+        if self.state is State.ACTIVE and self._fail_task is None:
+            self._fail_task = self._loop.create_task(self._end_after_failure())
 
     async def _end_after_failure(self) -> None:
         try:
@@ -363,7 +416,7 @@ class StreamingSession:
             if text and text != self._last_partial:
                 self._last_partial = text
                 self.partials_sent += 1
-                self._send(m.partial(text))
+                self.channel.send_json(m.partial(text))
 
     # ------------------------------------------------------------------ errors
 
@@ -378,10 +431,8 @@ class StreamingSession:
             self._error(m.ENGINE_ERROR, f"recognition failed: {exc.__class__.__name__}")
 
     def _error(self, code: str, message: str) -> None:
-        self.errors_sent += 1
-        if self._count_error is not None:
-            self._count_error(code)
-        self._send(m.error(code, message))
+        """An error message now, the session going on (counted by the kit's channel)."""
+        self.channel.send_error(ProtocolError(code, message))
 
 
 def _first_frame_problem(data: bytes) -> tuple[str, str] | None:

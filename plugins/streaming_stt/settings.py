@@ -1,12 +1,20 @@
-"""``[protocols.streaming_stt]`` settings."""
+"""``[protocols.streaming_stt]`` settings.
+
+The shared listener limits (``max_connections``, ``max_connections_per_peer``,
+``max_message_bytes``, ``max_outbox``, ``heartbeat_s``, ``max_body_bytes``) come from
+:class:`asrhub.protocol.ListenerSettings`, with its defaults.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from asrhub.protocol import ListenerSettings
 
 
 @dataclass(frozen=True)
-class StreamingSTTSettings:
+class StreamingSTTSettings(ListenerSettings):
     # Recognition language ("" = the engine's default; e.g. "en", "zh"). A client may override
     # it per session with {"command": "start", "language": "..."}.
     language: str = ""
@@ -19,23 +27,27 @@ class StreamingSTTSettings:
     # session_ended), as if the client had sent stop. 0 = never. This is what lets the seed's
     # asyncio client finish: it waits for session_ended before it sends stop.
     idle_end_s: float = 2.0
+    # After stop, audio of a webm/ogg session (or of a session that has had none yet) that
+    # arrives within this long still goes into the same final: the seed's JavaScript client
+    # calls mediaRecorder.stop() and sends stop at once, and MediaRecorder delivers its last
+    # chunk after that. Raw PCM sessions end at once (their clients write audio before stop).
+    # 0 = no grace: audio after stop is refused.
+    stop_grace_s: float = 0.5
     # Unprocessed audio a session may hold; past it the server stops reading the socket until
     # the recogniser catches up (TCP backpressure), so memory stays bounded.
     max_backlog_s: float = 20.0
     # Undecoded container bytes (webm/ogg) a session may hold.
     max_container_bytes: int = 4 * 1024 * 1024
-    max_message_bytes: int = 1024 * 1024
-    max_connections: int = 0  # 0 = no limit
-    heartbeat_s: float = 30.0
 
     def validate(self) -> None:
+        super().validate()
         if not 0.02 <= self.feed_interval_s <= 10.0:
             raise ValueError("feed_interval_s must be between 0.02 and 10 seconds")
-        if self.idle_end_s < 0:
+        if self.idle_end_s < 0 or not math.isfinite(self.idle_end_s):
             raise ValueError("idle_end_s must be >= 0 (0 disables the idle end)")
-        if self.max_backlog_s < max(1.0, 2 * self.feed_interval_s):
+        if not 0 <= self.stop_grace_s <= 10.0:
+            raise ValueError("stop_grace_s must be between 0 and 10 seconds")
+        if not self.max_backlog_s >= max(1.0, 2 * self.feed_interval_s) or not math.isfinite(self.max_backlog_s):
             raise ValueError("max_backlog_s must be at least 1 s and twice feed_interval_s")
-        if self.max_message_bytes < 1024 or self.max_container_bytes < 64 * 1024:
-            raise ValueError("max_message_bytes must be >= 1024 and max_container_bytes >= 65536")
-        if self.max_connections < 0 or self.heartbeat_s < 0:
-            raise ValueError("max_connections and heartbeat_s must be >= 0")
+        if self.max_container_bytes < 64 * 1024:
+            raise ValueError("max_container_bytes must be >= 65536")

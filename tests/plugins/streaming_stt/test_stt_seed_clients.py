@@ -8,8 +8,8 @@ server's port.
 
 How each example finishes:
 - the simplified one sends stop itself after 100 reads → final → session_ended;
-- the JS class sends stop from ``stopRecording`` (its MediaRecorder's last chunk arrives after
-  the stop and is refused with an error message, which the class ignores);
+- the JS class sends stop from ``stopRecording``; its MediaRecorder's last chunk arrives after
+  the stop and still goes into the final (the server's stop grace, ``stop_grace_s``);
 - the asyncio class only sends stop after its receive loop saw session_ended, so the server's
   idle end (``idle_end_s``, 2 s without audio) ends the session; the class's stop is then
   answered with the same final and session_ended, which nobody reads.
@@ -126,6 +126,7 @@ async def test_seed_javascript_class_in_chromium(server, tmp_path: Path) -> None
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     console: list[str] = []
+    errors_before = dict(server.hub.counters[PROTOCOL].errors)
     try:
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=chromium, args=[
@@ -151,4 +152,6 @@ async def test_seed_javascript_class_in_chromium(server, tmp_path: Path) -> None
     assert any(line.startswith("部分结果:") for line in console), console
     assert "会话已结束" in console, console
     assert final is not None and wer(h.transcript(clip), final) <= 0.2, (final, console)
+    # MediaRecorder's last chunk came after the stop: it joined the final, no error was sent.
+    assert dict(server.hub.counters[PROTOCOL].errors) == errors_before
     print(f"\nChromium MediaRecorder webm/opus → final {final!r}")

@@ -1,8 +1,11 @@
 """The streaming STT state machine, driven with plain lists of messages (no sockets).
 
-The engine stream here is scripted: it reports how much audio it was given, in words, so the
-tests check the protocol's logic (ordering, composition of partials, cadence, errors, idle end,
-cleanup), not recognition. Recognition is tested end to end with Whisper in test_stt_e2e.py.
+The engine is the shared fake (:class:`asrhub.testing.FakeASR`): it reports how much audio it
+was given, in words (one per 0.5 s, an utterance every two words), so the tests check the
+protocol's logic (ordering, composition of partials, cadence, errors, idle end, the stop
+grace, cleanup), not recognition. Messages go through :class:`asrhub.testing.RecordingChannel`,
+which answers what a session raises the way the protocol kit does. Recognition is tested end
+to end with Whisper in test_stt_e2e.py.
 """
 
 from __future__ import annotations
@@ -17,100 +20,68 @@ import numpy as np
 import pytest
 import stt_helpers as h
 
-from asrhub.engine import Hypothesis
 from asrhub.executor import InferenceExecutor
+from asrhub.protocol import CloseInfo
+from asrhub.streaming import LiveRecognizer
+from asrhub.testing import FakeASR, RecordingChannel
 from asrhub_plugins.streaming_stt import messages as m
 from asrhub_plugins.streaming_stt.session import State, StreamingSession
 from asrhub_plugins.streaming_stt.settings import StreamingSTTSettings
 
 
-class ScriptedStream:
-    """An utterance every ``utterance_s`` of audio; its text is one word per second received."""
-
-    def __init__(self, utterance_s: float = 2.0, delay: float = 0.0, fail_after: int | None = None) -> None:
-        self.utterance = int(utterance_s * 16000)
-        self.delay = delay
-        self.fail_after = fail_after
-        self.accepted: list[int] = []
-        self.threads: set[str] = set()
-        self.samples = 0
-        self.n = 1
-        self.finished = False
-
-    def _words(self) -> str:
-        return " ".join(f"u{self.n}w{i}" for i in range(1, self.samples // 16000 + 2))
-
-    def accept(self, pcm: np.ndarray) -> list[Hypothesis]:
-        self.threads.add(threading.current_thread().name)
-        if self.fail_after is not None and len(self.accepted) >= self.fail_after:
-            raise RuntimeError("scripted failure")
-        time.sleep(self.delay)
-        self.accepted.append(len(pcm))
-        out = []
-        self.samples += len(pcm)
-        while self.samples >= self.utterance:
-            self.samples -= self.utterance
-            out.append(Hypothesis(" ".join(f"u{self.n}w{i}" for i in range(1, self.utterance // 16000 + 1)),
-                                  True, self.n, 0, 0))
-            self.n += 1
-        out.append(Hypothesis(self._words(), False, self.n, 0, 0))
-        return out
-
-    def finish(self) -> list[Hypothesis]:
-        self.finished = True
-        return [Hypothesis(self._words() + " end", True, self.n, 0, 0)] if self.samples else []
-
-    def reset(self) -> None:
-        self.samples = 0
+def words(n: int, first: int = 1) -> str:
+    return " ".join(f"w{i}" for i in range(first, first + n))
 
 
 class Harness:
     def __init__(self, executor: InferenceExecutor, **settings: Any) -> None:
-        self.sent: list[dict] = []
-        self.streams: list[ScriptedStream] = []
-        self.stream_args: dict[str, Any] = {}
-        self.errors: list[str] = []
+        self.engine = FakeASR(word_s=0.5, utterance_words=2)
+        self.streams = self.engine.streams
+        self.channel = RecordingChannel(m.error_message, codes=m.CODES, protocol="streaming_stt")
+        self.sent = self.channel.sent
         self.latencies: list[float] = []
-
-        async def open_stream(language: str | None) -> ScriptedStream:
-            self.streams.append(ScriptedStream(**self.stream_args))
-            self.streams[-1].language = language  # type: ignore[attr-defined]
-            return self.streams[-1]
-
         self.session = StreamingSession(
-            send=self.sent.append, open_stream=open_stream, executor=executor,
-            settings=StreamingSTTSettings(**{"idle_end_s": 0, **settings}),
-            count_error=self.errors.append, observe_final_latency=self.latencies.append)
+            self.channel, LiveRecognizer.for_engines(executor, self.engine),
+            StreamingSTTSettings(**{"idle_end_s": 0, "stop_grace_s": 0, **settings}),
+            observe_final_latency=self.latencies.append)
+
+    @property
+    def errors(self) -> list:
+        return self.channel.errors
 
     def types(self) -> list[str]:
         return [msg["type"] for msg in self.sent]
 
     def take(self) -> list[dict]:
-        out, self.sent[:] = list(self.sent), []
-        return out
+        return self.channel.take()
 
     async def wait_for(self, kind: str, count: int = 1, timeout: float = 10.0) -> None:
         """Until ``count`` messages of this type were sent (polling, not fixed sleeps: the
         machine may be busy)."""
-        deadline = time.monotonic() + timeout
-        while self.types().count(kind) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await self.channel.wait_for(lambda sent: [x["type"] for x in sent].count(kind) >= count,
+                                    timeout)
+
+    async def text(self, text: str) -> None:
+        await self.channel.deliver(self.session, text)
+
+    async def binary(self, data: bytes) -> None:
+        await self.channel.deliver(self.session, data)
 
     async def start(self, **extra: Any) -> None:
-        await self.session.on_text(json.dumps({"command": "start", **extra}))
+        await self.text(json.dumps({"command": "start", **extra}))
 
     async def stop(self) -> None:
-        await self.session.on_text('{"command": "stop"}')
+        await self.text('{"command": "stop"}')
 
     async def audio(self, seconds: float, frame: int = 1024, speed: float = 0) -> None:
         """Send PCM frames; ``speed`` > 0 paces them (x real time), 0 sends back to back."""
         audio = (np.sin(np.arange(int(seconds * 16000)) / 7) * 0.3).astype(np.float32)
         chunks = h.pcm_chunks(audio, frame)
         if speed:
-            await h.send_paced(self.session.on_binary, chunks, speed)
+            await h.send_paced(self.binary, chunks, speed)
         else:
             for _, data in chunks:
-                await self.session.on_binary(data)
+                await self.binary(data)
 
 
 @pytest.fixture
@@ -135,14 +106,16 @@ async def test_start_audio_partials_stop_final_ended(executor: InferenceExecutor
     types = [x["type"] for x in msgs]
     assert types[-2:] == ["final", "session_ended"] and set(types[:-2]) == {"partial"}
     partial_texts = [x["text"] for x in msgs[:-2]]
-    # One partial per change of text (the scripted text changes every second of audio).
+    # One partial per change of text (the fake's text changes every 0.5 s of audio).
     assert len(partial_texts) >= 3 and all(a != b for a, b in zip(partial_texts, partial_texts[1:], strict=False))
     partials = [x["text"] for x in msgs if x["type"] == "partial"]
     assert all(x["is_final"] is False for x in msgs[:-2]) and msgs[-2]["is_final"] is True
     # Finished utterances stay as they were; the current one follows them.
-    assert partials[0] == "u1w1"
-    assert "u1w1 u1w2 u2w1" in partials
-    assert msgs[-2]["text"] == "u1w1 u1w2 u2w1 u2w2 u3w1 u3w2 end"
+    assert partials[0] == "w1"
+    # Finished utterances stay as they were; the current one follows them: every partial is
+    # the start of the final.
+    assert all(words(10).startswith(text) for text in partials), partials
+    assert msgs[-2]["text"] == words(10)
     assert t.latencies and t.latencies[0] < 1.0
     assert t.session.state is State.ENDED and t.session.audio_seconds == pytest.approx(5.3, abs=0.07)
     # Audio after stop is refused; a new start begins a new session.
@@ -150,7 +123,7 @@ async def test_start_audio_partials_stop_final_ended(executor: InferenceExecutor
     assert [x["code"] for x in t.take()] == [m.AUDIO_AFTER_STOP]  # once, not per frame
     await t.start(language="en")
     assert t.take() == [m.session_started()] and t.streams[1].language == "en"
-    await t.session.close()
+    await t.session.on_close(CloseInfo("client closed"))
 
 
 async def test_audio_without_start_starts_a_session(executor: InferenceExecutor) -> None:
@@ -163,7 +136,7 @@ async def test_audio_without_start_starts_a_session(executor: InferenceExecutor)
     assert types[0] == "session_started" and types[1] == "partial"
     assert t.sent[types.index("error")]["code"] == m.SESSION_ACTIVE
     assert types[-2:] == ["final", "session_ended"]
-    await t.session.close()
+    await t.session.on_close(CloseInfo("client closed"))
 
 
 async def test_idle_end_lets_the_seed_asyncio_client_finish(executor: InferenceExecutor) -> None:
@@ -181,7 +154,7 @@ async def test_idle_end_lets_the_seed_asyncio_client_finish(executor: InferenceE
     assert t.take() == [m.final(final), m.session_ended()]
     await t.audio(0.1)
     assert t.take()[0]["code"] == m.AUDIO_AFTER_STOP
-    await t.session.close()
+    await t.session.on_close(CloseInfo("client closed"))
 
 
 async def test_audio_after_an_idle_end_starts_a_new_session(executor: InferenceExecutor) -> None:
@@ -194,7 +167,7 @@ async def test_audio_after_an_idle_end_starts_a_new_session(executor: InferenceE
     assert t.types() == ["session_started", "partial", "final", "session_ended",
                          "session_started", "partial", "final", "session_ended"]
     assert len(t.streams) == 2 and t.session.sessions == 2
-    await t.session.close()
+    await t.session.on_close(CloseInfo("client closed"))
 
 
 @pytest.mark.parametrize("kind, payload, code", [
@@ -215,9 +188,9 @@ async def test_bad_input_is_an_error_and_the_session_goes_on(
             await t.audio(1.1)
             t.take()
         if kind == "text":
-            await t.session.on_text(payload)
+            await t.text(payload)
         else:
-            await t.session.on_binary(payload)
+            await t.binary(payload)
         got = t.take()
         if when == "during" and code == m.NO_SESSION:
             assert got[-1]["type"] == "session_ended"  # stop is not an error with a session
@@ -230,22 +203,22 @@ async def test_bad_input_is_an_error_and_the_session_goes_on(
         assert t.types()[-2:] == ["final", "session_ended"]
     # A session never started from a bad first frame.
     assert len(t.streams) == 1
-    await t.session.close()
+    await t.session.on_close(CloseInfo("client closed"))
 
 
 async def test_binary_of_another_kind_mid_session(executor: InferenceExecutor) -> None:
     t = Harness(executor)
     await t.audio(0.5)
-    await t.session.on_binary(h.container_chunks(np.zeros(8000, np.float32))[0][1])
-    await t.session.on_binary(b"\x00" * 1023)
+    await t.binary(h.container_chunks(np.zeros(8000, np.float32))[0][1])
+    await t.binary(b"\x00" * 1023)
     codes = [x.get("code") for x in t.take() if x["type"] == "error"]
     assert codes == [m.NOT_AUDIO, m.INVALID_AUDIO]
-    await t.session.close()
+    await t.session.on_close(CloseInfo("client closed"))
 
 
 async def test_engine_failure_is_reported_and_ends_the_session(executor: InferenceExecutor) -> None:
     t = Harness(executor, feed_interval_s=0.5)
-    t.stream_args = {"fail_after": 1}
+    t.engine.stream_options["fail_from_call"] = 2
     await t.start()
     await t.audio(2.5, speed=10)
     await t.wait_for("session_ended")
@@ -255,18 +228,18 @@ async def test_engine_failure_is_reported_and_ends_the_session(executor: Inferen
     # went on sending is refused once.
     assert types == ["session_started", "partial", "error", "final", "session_ended", "error"]
     assert msgs[2]["code"] == m.ENGINE_ERROR and msgs[5]["code"] == m.AUDIO_AFTER_STOP
-    assert msgs[3]["text"] == "u1w1"
+    assert msgs[3]["text"] == "w1"
     await t.audio(0.2)
     assert t.take() == []
     await t.stop()  # a stop answered as if the session ended now
     assert t.types() == ["final", "session_ended"]
     t.take()
-    t.stream_args = {}
+    t.engine.stream_options.pop("fail_from_call")
     await t.start()
     await t.audio(1.2, speed=10)
     await t.stop()
     assert t.types()[0] == "session_started" and t.types()[-2:] == ["final", "session_ended"]
-    await t.session.close()
+    await t.session.on_close(CloseInfo("client closed"))
 
 
 async def test_container_session_and_disconnect_frees_everything(executor: InferenceExecutor) -> None:
@@ -274,14 +247,14 @@ async def test_container_session_and_disconnect_frees_everything(executor: Infer
     speech = h.clip_audio(h.CLIPS[0])
     chunks = h.container_chunks(speech, "webm")
     for _, data in chunks[:40]:
-        await t.session.on_binary(data)
+        await t.binary(data)
         await asyncio.sleep(0.005)
     await t.wait_for("partial")
     assert t.session.input_format == "matroska" and t.types()[0] == "session_started"
     assert "partial" in t.types()
     assert [x for x in threading.enumerate() if x.name.startswith("asrhub-container-")]
     pump_task = t.session._pump._task  # type: ignore[union-attr]
-    await t.session.close()
+    await t.session.on_close(CloseInfo("client closed"))
     assert pump_task.done() and t.session.state is State.CLOSED
     for _ in range(200):
         if not [x for x in threading.enumerate() if x.name.startswith("asrhub-container-")]:
@@ -289,8 +262,8 @@ async def test_container_session_and_disconnect_frees_everything(executor: Infer
         await asyncio.sleep(0.01)
     assert not [x for x in threading.enumerate() if x.name.startswith("asrhub-container-")]
     assert t.session.audio_seconds > 3
-    await t.session.on_binary(chunks[41][1])  # ignored once closed
-    await t.session.on_text('{"command": "stop"}')
+    await t.binary(chunks[41][1])  # ignored once closed
+    await t.stop()
     assert "final" not in t.types()
 
 
@@ -299,7 +272,7 @@ async def test_whole_container_stream_is_recognised_on_stop(executor: InferenceE
     speech = h.clip_audio(h.CLIPS[1])
     await t.start()
     for _, data in h.container_chunks(speech, "ogg"):
-        await t.session.on_binary(data)
+        await t.binary(data)
     await t.stop()
     assert t.types()[-2:] == ["final", "session_ended"]
     assert sum(t.streams[0].accepted) == pytest.approx(len(speech), abs=200)
@@ -307,13 +280,13 @@ async def test_whole_container_stream_is_recognised_on_stop(executor: InferenceE
 
 async def test_backpressure_instead_of_unbounded_backlog(executor: InferenceExecutor) -> None:
     t = Harness(executor, feed_interval_s=0.5, max_backlog_s=1.0)
-    t.stream_args = {"delay": 0.15}  # ~3x faster than real time, slower than we send
+    t.engine.stream_options["delay_s"] = 0.15  # ~3x faster than real time, slower than we send
     await t.start()
     started = time.monotonic()
     waits = []
     for _, data in h.pcm_chunks(np.zeros(6 * 16000, np.float32) + 0.01, 4000):
         before = time.monotonic()
-        await t.session.on_binary(data)
+        await t.binary(data)
         waits.append(time.monotonic() - before)
         assert t.session._pump.backlog_seconds <= 1.0 + 0.5  # type: ignore[union-attr]
     elapsed = time.monotonic() - started
@@ -321,4 +294,102 @@ async def test_backpressure_instead_of_unbounded_backlog(executor: InferenceExec
     assert m.BACKLOG_FULL not in t.errors and "error" not in t.types()
     assert max(waits) > 0.05 and elapsed > 0.8  # the reader was held back
     assert sum(t.streams[0].accepted) == 6 * 16000
-    await t.session.close()
+    await t.session.on_close(CloseInfo("client closed"))
+
+
+# ---------------------------------------------------------------------------- stop grace
+
+
+@pytest.fixture(scope="module")
+def webm_chunks() -> list[tuple[float, bytes]]:
+    """3 s of tone as MediaRecorder would send it: webm/opus, a chunk every 0.1 s."""
+    return h.container_chunks((np.sin(np.arange(3 * 16000) / 7) * 0.3).astype(np.float32), "webm")
+
+
+async def test_audio_just_after_stop_joins_the_same_final(executor: InferenceExecutor, webm_chunks) -> None:
+    """The seed's JS client: mediaRecorder.stop() then stop at once; the recorder's last
+    chunk arrives after the stop and belongs in the final."""
+    t = Harness(executor, stop_grace_s=0.5)
+    await t.start()
+    for _, data in webm_chunks[:-3]:
+        await t.binary(data)
+    await t.stop()
+    assert t.session.state is State.STOPPING and "final" not in t.types()
+    for _, data in webm_chunks[-3:]:  # MediaRecorder's last data, delivered after the stop
+        await t.binary(data)
+    await t.wait_for("session_ended")
+    types = t.types()
+    assert "error" not in types and types[-2:] == ["final", "session_ended"], t.sent
+    assert t.session.audio_seconds > 2.9  # every chunk was decoded (the late ones too)
+    assert t.sent[-2]["text"] == words(int(t.session.audio_seconds / 0.5))
+    assert t.latencies and t.latencies[0] >= 0.5  # measured from the stop
+    await t.binary(webm_chunks[0][1])  # after the grace: refused, as before
+    assert t.take()[-1]["code"] == m.AUDIO_AFTER_STOP
+    await t.session.on_close(CloseInfo("client closed"))
+
+
+async def test_without_grace_late_audio_is_refused(executor: InferenceExecutor, webm_chunks) -> None:
+    t = Harness(executor, stop_grace_s=0)
+    await t.start()
+    for _, data in webm_chunks[:-3]:
+        await t.binary(data)
+    await t.stop()
+    assert t.types()[-2:] == ["final", "session_ended"]
+    await t.binary(webm_chunks[-3][1])
+    assert t.sent[-1]["code"] == m.AUDIO_AFTER_STOP and t.session.audio_seconds < 2.9
+    await t.session.on_close(CloseInfo("client closed"))
+
+
+async def test_pcm_sessions_end_at_stop_without_waiting(executor: InferenceExecutor) -> None:
+    t = Harness(executor, stop_grace_s=5.0)
+    await t.start()
+    await t.audio(1.0)
+    await t.stop()  # raw PCM: the final at once, no grace
+    assert t.types()[-2:] == ["final", "session_ended"] and t.sent[-2]["text"] == words(2)
+    await t.session.on_close(CloseInfo("client closed"))
+
+
+async def test_start_during_the_grace_ends_the_stopped_session_first(executor: InferenceExecutor,
+                                                                      webm_chunks) -> None:
+    t = Harness(executor, stop_grace_s=5.0)
+    await t.start()
+    for _, data in webm_chunks:
+        await t.binary(data)
+    await t.stop()
+    started = time.monotonic()
+    await t.start()
+    assert time.monotonic() - started < 4.0  # did not wait for the grace to run out
+    assert t.types()[-3:] == ["final", "session_ended", "session_started"]
+    assert t.sent[-3]["text"] == words(int(t.session.audio_seconds / 0.5))
+    await t.stop()  # a new session with no audio yet: stopped, ends after the grace or at close
+    await t.session.on_close(CloseInfo("server shutdown", shutdown=True))
+    assert t.types()[-2:] == ["final", "session_ended"] and t.sent[-2]["text"] == ""
+
+
+async def test_shutdown_sends_the_final_of_the_audio_received(executor: InferenceExecutor) -> None:
+    t = Harness(executor)
+    await t.start()
+    await t.audio(1.6)
+    await t.session.on_close(CloseInfo("server shutdown", shutdown=True))
+    assert t.types()[-2:] == ["final", "session_ended"] and t.sent[-2]["text"] == words(3)
+    assert t.session.state is State.CLOSED and t.session.summary()["recognition_sessions"] == 1
+
+
+@pytest.mark.parametrize("text, code", [
+    ('{"command": "start", "language": NaN}', m.INVALID_JSON),
+    ('{"command": "start", "n": Infinity}', m.INVALID_JSON),
+    ('{"command": "start", "n": ' + "1" * 50 + "}", m.INVALID_JSON),
+    ('{"command": "start", "language": 12}', m.INVALID_MESSAGE),
+    ('{"command": ["stop"]}', m.INVALID_MESSAGE),
+    ("[" * 10000, m.INVALID_JSON),
+])
+async def test_bad_values_are_errors_and_the_connection_goes_on(executor: InferenceExecutor,
+                                                                text: str, code: str) -> None:
+    t = Harness(executor)
+    await t.text(text)
+    assert [x.get("code") for x in t.take()] == [code]
+    await t.start()
+    await t.audio(0.6)
+    await t.stop()
+    assert t.types()[-2:] == ["final", "session_ended"] and not t.channel.closed
+    await t.session.on_close(CloseInfo("client closed"))
