@@ -174,3 +174,28 @@ async def test_prompt_and_temperature_are_accepted(client) -> None:
                                                       prompt="Sense and Sensibility.",
                                                       temperature=0.2, language="en")
     assert wer(reference([READER[1]]), result.text) <= MAX_WER
+
+
+async def test_diarized_json_names_an_enrolled_voiceprint(client, server) -> None:
+    import time
+
+    from asrhub.engine import Voiceprint
+
+    hub = server.hub
+    speaker = await hub.speaker()
+    store = await hub.voiceprints()
+    enrol = joined([READER[3], READER[4]])
+    embedding = await hub.executor.run(speaker.embed, enrol)
+    await hub.executor.run(store.put, Voiceprint("reader-1", "Elinor", embedding, time.time(),
+                                                 len(enrol) / 16000, speaker.name))
+    audio = joined([READER[0], OTHER[0], READER[2], OTHER[1]], gap_s=1.0)
+    result = await client.audio.transcriptions.create(
+        model="whisper-1", response_format="diarized_json", file=("two.wav", wav_bytes(audio)),
+        known_speaker_names=["Elinor"])
+    labels = [s.speaker for s in result.segments]
+    assert labels[0] == "Elinor" and set(labels) == {"Elinor", "A"}, labels
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.audio.transcriptions.create(
+            model="whisper-1", response_format="diarized_json", file=("two.wav", wav_bytes(audio)),
+            known_speaker_names=["Nobody"])
+    assert info.value.param == "known_speaker_names"
