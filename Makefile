@@ -9,7 +9,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.asrhub-installed
 
-.PHONY: install serve test lint system-deps clean example-config
+.PHONY: install serve test test-fast lint system-deps clean example-config
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ lint: install
 
 test: install system-deps lint
 	$(VENV)/bin/pytest -q
+
+# The developer's inner loop: lint, then every test but the slow ones (over ~5 s), the
+# browser ones and the cluster ones; well under a minute. `make test` stays the full suite (CI).
+test-fast: install lint
+	$(VENV)/bin/pytest -q -m "not slow and not browser and not cluster"
 
 clean:
 	rm -rf $(VENV) build *.egg-info
