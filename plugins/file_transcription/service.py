@@ -167,8 +167,9 @@ class FileService:
         longer hold a place in the queue, the client's quota or the disk reservation."""
         cutoff = time.time() - self.settings.upload_idle_minutes * 60
         for task in self.store.stale_uploads(cutoff):
-            if task.task_id in self._upload_locks:
+            if self._busy(task.task_id):
                 continue  # being written right now
+            self._upload_locks.pop(task.task_id, None)
             log.info("file_upload_expired", task_id=task.task_id, file_name=task.file_name,
                      idle_minutes=self.settings.upload_idle_minutes)
             self.store.delete_task(task.task_id)
@@ -331,8 +332,13 @@ class FileService:
         it would only hold a place among the pending tasks until it expired."""
         task = self.store.get(task_id)
         if (task is not None and task.state == TaskState.UPLOADING
-                and not self.store.received_chunks(task_id) and task_id not in self._upload_locks):
+                and not self.store.received_chunks(task_id) and not self._busy(task_id)):
+            self._upload_locks.pop(task_id, None)
             self.store.delete_task(task_id)
+
+    def _busy(self, task_id: str) -> bool:
+        lock = self._upload_locks.get(task_id)
+        return lock is not None and lock.locked()
 
     def _lock(self, task_id: str) -> asyncio.Lock:
         return self._upload_locks.setdefault(task_id, asyncio.Lock())

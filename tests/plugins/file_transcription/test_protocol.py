@@ -31,7 +31,7 @@ from .conftest import (
     write_wav,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 MAX_WER = 0.25
 LIMIT_MB = 50
 
@@ -193,8 +193,11 @@ async def test_every_error_over_the_wire(server, tmp_path):
     await c.send(data_msg(ready["data"]["task_id"], data))
     done, _ = await c.until("task_complete")
     assert wer(reference(READER[1]), done["data"]["result"]["text"]) <= MAX_WER
-    # Over the seed's 10 MB message limit: the server closes the connection (1009).
-    await c.ws.send(json.dumps({"type": "upload_data", "data": {"file_data": "A" * (10 * 2**20)}}))
+    # Over the seed's 10 MB message limit: file_too_large, the connection stays; over four
+    # times the limit the message is not read and the connection is closed (1009).
+    too_big = await c.ask(json.dumps({"type": "upload_data", "data": {"file_data": "A" * (10 * 2**20)}}))
+    assert too_big["type"] == "error" and too_big["data"]["error"] == "file_too_large"
+    await c.ws.send(json.dumps({"type": "upload_data", "data": {"file_data": "A" * (41 * 2**20)}}))
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await c.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009

@@ -8,6 +8,7 @@ import asyncio
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -27,13 +28,14 @@ from .conftest import (
     chunk_msg,
     data_msg,
     joined,
+    md5,
     msg,
     reference,
     upload_request,
     write_wav,
 )
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 MAX_WER = 0.25
 
 
@@ -154,9 +156,18 @@ async def test_kill_9_during_transcription_then_resume(tmp_path):
         assert again["type"] == "task_complete" and again["data"]["result"]["text"] == text
         cached = await client.ask(upload_request(long_file, "same.wav"))
         assert cached["type"] == "task_complete" and cached["data"]["result"]["text"] == text
+        # Issue 18 (1): the known MD5 with file_size 1 and no data gets no transcript.
+        attack = await client.ask(msg("upload_request", file_name="x.wav", file_size=1,
+                                      file_hash=md5(long_file)))
+        assert attack["type"] == "upload_ready" and attack["data"]["task_id"] != task_id
+        refused = await client.ask(data_msg(attack["data"]["task_id"], b"x"))
+        assert refused["type"] == "error" and refused["data"]["error"] == "hash_mismatch"
         await client.close()
         spool = tmp_path / "state" / "file_transcription" / "uploads"
         assert not any(spool.iterdir()), "finished uploads are removed from the spool"
+        # Issue 18 (13): the state the server created is private.
+        for path in (tmp_path / "state" / "file_transcription", spool):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     finally:
         server.stop()
     log = (tmp_path / "serve.log").read_text()

@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 import structlog
 
-from asrhub.executor import InferenceExecutor, Priority
+from asrhub.executor import Priority
 from asrhub.protocol import (
     Channel,
     CloseInfo,
@@ -43,13 +43,13 @@ from .conftest import (
     write_wav,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 LIMIT_MB = 20
 
 
-async def make_service(state_dir, engines: dict[str, Any]) -> FileService:
+async def make_service(state_dir, engines: dict[str, Any], **sections: Any) -> FileService:
     hub = make_hub({"server": {"state_dir": str(state_dir)}, "engines": engines,
-                    "protocols": {"file_transcription": {"max_file_size_mb": LIMIT_MB}}},
+                    "protocols": {"file_transcription": {"max_file_size_mb": LIMIT_MB}}, **sections},
                    only=["file_transcription"])
     hub.make_executor()
     service = FileService(hub, hub.listener("file_transcription").settings)
@@ -297,10 +297,9 @@ async def test_file_pieces_run_at_batch_priority_and_let_live_calls_in(tmp_path)
     """One inference worker: a live call submitted while a long file is being transcribed runs
     between two of the file's pieces, not after the whole file."""
     calls: list[tuple[str | None, Priority]] = []
-    svc = await make_service(tmp_path / "state", ENGINES)
-    await svc.hub.executor.shutdown(1.0)
-    svc.hub.executor = InferenceExecutor(1, 64, 30.0, on_done=lambda engine, priority, *_: calls.append(
-        (engine, priority)))
+    svc = await make_service(tmp_path / "state", ENGINES, executor={"workers": 1})
+    # Record each executor call's engine tag and priority as it completes.
+    svc.hub.executor._on_done = lambda engine, priority, *_: calls.append((engine, priority))
     try:
         data = write_wav(tmp_path / "long.wav", joined([*READER, *OTHER, *READER], gap_s=0.5)).read_bytes()
         c = Client(svc)
