@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import time
 from pathlib import Path
 from types import ModuleType
@@ -426,3 +427,127 @@ async def test_connection_limit(tmp_path):
                 assert closed.value.rcvd.code == 1013
             await first.send(command("ping"))
             assert await recv_json(first) == {"type": "pong"}
+
+
+# ---------------------------------------------------------------------------- seed gaps (issue 11)
+
+
+class _Recorded:
+    """A ``websockets`` connection whose ``recv`` also keeps every message (the seed's client
+    prints only the types it knows; the test wants all of them, in order)."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.seen: list[dict] = []
+
+    async def recv(self):
+        message = await self.ws.recv()
+        self.seen.append(json.loads(message))
+        return message
+
+    async def send(self, message) -> None:
+        await self.ws.send(message)
+
+
+async def test_seed_client_keeps_the_text_of_a_segment_too_short_for_a_voiceprint(server):
+    """Verification with required=false: a segment the speaker engine cannot embed (one word,
+    under Resemblyzer's 0.5 s of speech) is reported as speaker_verify_result success:false,
+    then its text comes as usual (the seed: only required=true + failed verification skips
+    ASR). The seed's streaming client prints the result."""
+    go = pcm16(CLIP_GO)[: int(0.72 * 16000) * 2]  # "go" of "go forward ten meters"
+    async with websockets.connect(ws_url(server)) as ws:
+        seen = await register(ws, "spk1", SPK1_ENROLL)
+        assert seen[-1]["type"] == "speaker_register_result", seen
+        await ws.send(command("speaker_verify_enable", user_id="spk1", required=False))
+        assert (await recv_json(ws))["required"] is False
+        client, printed = load_seed_client("seed_stream_client")
+        recorded = _Recorded(ws)
+        client.websockets = _SharedConnection(recorded)
+        listener = asyncio.create_task(client.asr_client(ws_url(server)))
+        await send_realtime(ws, silence(0.3) + go + silence(1.2), interval=0.005)
+        for _ in range(600):  # bounded: 30 s
+            if "最终结果" in printed or any(m["type"] == "error" for m in recorded.seen):
+                break
+            await asyncio.sleep(0.05)
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+    kinds = [m.get("event") or m["type"] for m in recorded.seen]
+    assert kinds == ["speech_start", "speech_end", "speaker_verify_result", "result"], recorded.seen
+    verdict = recorded.seen[2]
+    assert verdict["success"] is False and verdict["score"] == 0.0 and verdict["user_id"] == "spk1"
+    assert printed[1:] == ["语音开始", printed[2], f"识别结果: {recorded.seen[3]['text']}", "最终结果"]
+    from asrhub.testing import normalize_english
+
+    assert normalize_english(recorded.seen[3]["text"]).split()[0] == "go", recorded.seen[3]
+
+
+async def test_the_seeds_connection_timeout_is_the_default():
+    """连接超时 60 秒 / Ping 间隔 20 秒: a ping after 20 s without a message, closed after
+    60 s without anything from the client."""
+    from asrhub_plugins.vad_stream.settings import VadStreamSettings
+
+    settings = VadStreamSettings()
+    assert settings.heartbeat_s == 20 and settings.heartbeat_s + settings.heartbeat_timeout_s == 60
+
+
+async def test_a_silent_client_is_closed_after_the_timeout_not_after_half_a_ping(tmp_path):
+    """The seed's rule at a small scale (ping after 1 s, closed 2 s later): a client that
+    answers no ping stays connected past aiohttp's own rule (half a ping interval), and is
+    closed once it was silent for the whole timeout. One that answers pings stays."""
+    hub = hub_for(tmp_path, heartbeat_s=1.0, heartbeat_timeout_s=2.0)
+    async with running_server(hub) as srv, aiohttp.ClientSession() as http:
+        silent = await http.ws_connect(ws_url(srv), autoping=False, heartbeat=None)
+        async with websockets.connect(ws_url(srv)) as polite:  # answers pings, like browsers
+            first = await silent.receive(timeout=5)
+            assert first.type == aiohttp.WSMsgType.PING  # after 1 s without a message
+            pinged = time.monotonic()
+            with pytest.raises(asyncio.TimeoutError):  # aiohttp's own rule would close at +0.5 s
+                await silent.receive(timeout=1.0)
+            closed = await silent.receive(timeout=10)
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                   aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR), closed
+            assert time.monotonic() - pinged >= 1.0
+            await polite.send(command("ping"))  # silent for as long, but it answered the pings
+            assert await recv_json(polite, 5) == {"type": "pong"}
+
+
+# ---------------------------------------------------------------------------- hardening (issue 18)
+
+
+async def test_no_number_sample_rates_and_lone_surrogates_leave_the_connection_usable(server):
+    """batch_start with sample_rate NaN/Infinity/1e400 is code 1 with a clean message; a lone
+    surrogate in a command or a user_id is refused with the seed's code and the outbox keeps
+    working (pings are answered); the seed's client still prints the errors."""
+    async with websockets.connect(ws_url(server)) as ws:
+        for rate in ("NaN", "Infinity", "1e400"):
+            await ws.send('{"command": "batch_start", "sample_rate": %s}' % rate)  # noqa: UP031
+            error = await recv_json(ws)
+            assert error["type"] == "error" and error["code"] == 1, error
+            assert "Error" not in error["message"] and "float" not in error["message"], error
+        for text, code in (('{"command": "\\ud800"}', 3),
+                           ('{"command": "speaker_register_start", "user_id": "\\udc00x"}', 10),
+                           ('{"command": "speaker_verify_enable", "user_id": "../x"}', 15)):
+            await ws.send(text)
+            error = await recv_json(ws)
+            assert (error["type"], error["code"]) == ("error", code), error
+            await ws.send(command("ping"))
+            assert await recv_json(ws) == {"type": "pong"}
+
+
+async def test_check_config_refuses_what_serve_refuses(tmp_path):
+    """vad_stream's cross-field checks (an engine the settings need) run in check-config."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "asrhub.toml"
+    config.write_text("[protocols.vad_stream]\nns_enabled = true\n", encoding="utf-8")
+    asrhub = [sys.executable, "-m", "asrhub.cli", "check-config", "--config", str(config)]
+    done = subprocess.run(asrhub, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "ns_enabled" in done.stderr + done.stdout, done
+    config.write_text("[protocols.vad_stream]\nns_enabled = true\nns_engine = \"rnnoise\"\n",
+                      encoding="utf-8")
+    done = subprocess.run(asrhub, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done
+    config.write_text("[protocols.vad_stream]\nenabled = false\nns_enabled = true\n", encoding="utf-8")
+    assert subprocess.run(asrhub, capture_output=True, timeout=120).returncode == 0  # not served
