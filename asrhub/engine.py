@@ -90,7 +90,12 @@ ProgressCallback = Callable[[float], None]
 
 @runtime_checkable
 class ASRStream(Protocol):
-    """Per-session streaming state. Calls for one stream never overlap."""
+    """Per-session streaming state. Calls for one stream never overlap.
+
+    Optional attribute a stream may expose (consumers use ``hasattr`` and cope without):
+    ``partials`` (bool, settable before the first ``accept``): False skips the decodes that
+    only produce partial hypotheses, for a consumer that uses finished utterances only.
+    """
 
     def accept(self, pcm: Audio) -> list[Hypothesis]:
         """Feed audio; return zero or more hypotheses (partials and finished utterances)."""

@@ -135,6 +135,17 @@ class WhisperStream:
     def samples(self) -> int:
         return self._clock
 
+    @property
+    def partials(self) -> bool:
+        """Whether partial hypotheses are decoded every ``partial_interval`` of new audio. A
+        consumer that only uses finished utterances sets it False: the decode at a pause (which
+        usually is the final) still runs; the timer's decodes do not."""
+        return self._partials
+
+    @partials.setter
+    def partials(self, value: bool) -> None:
+        self._partials = bool(value) and self._engine.settings.partial_interval > 0
+
     # ------------------------------------------------------------------ ASRStream
 
     def accept(self, pcm: Audio) -> list[Hypothesis]:

@@ -15,7 +15,9 @@ one transcription: after the transcript the server closes it.
 Streaming transcripts (the protocol's ``transcript-start`` / ``transcript-chunk`` /
 ``transcript-stop``): the chunks concatenate to the transcript's text, so a chunk carries only
 text that will not change: an utterance, sent as soon as the recogniser finishes it (at a
-pause, before ``audio-stop``), then the rest after ``audio-stop``. The transcript follows,
+pause, before ``audio-stop``), then the rest after ``audio-stop``. Hypotheses that may still
+change have no event in Wyoming, so a stream that can skip the decodes making them does
+(Whisper's ``partials = False``); the decode at a pause stays. The transcript follows,
 then ``transcript-stop``. Every client gets them unless the listener's
 ``transcript_streaming`` is off; a client decides for itself with ``transcribe``'s
 ``context: {"transcript_streaming": true|false}``. Clients that do not know these events skip
@@ -185,6 +187,11 @@ class WyomingSession(Session):
             raise fatal(m.SERVER_BUSY, "server busy: inference queue full, try again later") from None
         except EngineError as exc:
             raise fatal(m.ENGINE_ERROR, str(exc)) from None
+        if hasattr(stream, "partials"):
+            # Wyoming has no event for a hypothesis that may still change, so the decodes that
+            # only make one are skipped; a pause still decodes its utterance at once (what
+            # becomes the transcript-chunk and, usually, the final).
+            stream.partials = False
         if self.channel.closed:
             return
         backlog = self.settings.max_backlog_s * 1.5 + 5 * self.settings.feed_interval_s
