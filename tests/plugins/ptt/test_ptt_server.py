@@ -22,6 +22,8 @@ from asrhub.testing import make_hub, manifest, running_server, wer
 from asrhub.testing import testdata_dir as data_dir
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Tests that take the module's `server` fixture load Whisper tiny.en (marked `models` below);
+# the limits, shutdown and page tests use the shared fake engines.
 
 HERE = Path(__file__).parent
 CLIP_A = "en/pocketsphinx_librivox_ss01_0870.wav"  # 7.1 s
@@ -133,6 +135,7 @@ asyncio.run(test_asr())
 '''
 
 
+@pytest.mark.models
 async def test_seed_python_client_gets_the_text(server):
     prelude = ("import time\nimport soundfile\n"
                f"audio_data = soundfile.read({str(data_dir() / CLIP_A)!r}, dtype='int16')[0].tobytes()\n")
@@ -221,6 +224,7 @@ ws.addEventListener('open', async () => {
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+@pytest.mark.models
 async def test_seed_javascript_client_gets_partials_and_the_final(server, tmp_path):
     raw = tmp_path / "clip.pcm"
     raw.write_bytes(pcm16(CLIP_B))
@@ -243,6 +247,8 @@ async def test_seed_javascript_client_gets_partials_and_the_final(server, tmp_pa
 # ---------------------------------------------------------------------------- streaming
 
 
+@pytest.mark.slow
+@pytest.mark.models
 async def test_partials_arrive_while_a_10s_clip_streams_at_3x(server):
     pcm = pcm16(CLIP_A) + pcm16(CLIP_B)  # 10.1 s, one LibriVox reader
     chunk = 3200  # 100 ms
@@ -274,6 +280,7 @@ async def test_partials_arrive_while_a_10s_clip_streams_at_3x(server):
     assert 0 < final["confidence"] <= 1 and final["processing_time_ms"] > 0
 
 
+@pytest.mark.models
 async def test_final_joins_the_utterances_of_one_hold(server):
     """A pause inside one hold: the engine ends an utterance there; the final has both."""
     pcm = pcm16(CLIP_B) + bytes(2 * 16000 * 2) + pcm16(CLIP_C)  # 2 s of silence between
@@ -287,6 +294,7 @@ async def test_final_joins_the_utterances_of_one_hold(server):
     assert wer(reference(CLIP_B, CLIP_C), final["text"]) <= MAX_WER, final["text"]
     assert any("young man" in p["text"].lower() for p in partials), (partials, final)
 
+@pytest.mark.models
 async def test_several_rounds_on_one_connection(server):
     async with websockets.connect(url(server)) as ws:
         await recv_json(ws)
@@ -301,6 +309,7 @@ async def test_several_rounds_on_one_connection(server):
             assert wer(reference(clip), final["text"]) <= MAX_WER, (clip, final["text"])
 
 
+@pytest.mark.models
 async def test_reset_drops_what_was_said_before(server):
     async with websockets.connect(url(server)) as ws:
         await recv_json(ws)
@@ -319,6 +328,7 @@ async def test_reset_drops_what_was_said_before(server):
 # ---------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.models
 async def test_bad_inputs_one_by_one_then_a_normal_round(server):
     odd = b64(b"\x00\x01\x02")
     cases = [
@@ -409,6 +419,7 @@ async def test_idle_connection_gets_408_then_close():
 # ---------------------------------------------------------------------------- HTTP
 
 
+@pytest.mark.models
 async def test_service_info(server):
     async with aiohttp.ClientSession() as http:
         async with http.get(url(server, "/", "http")) as resp:
@@ -420,6 +431,7 @@ async def test_service_info(server):
     assert info["websocket"] == "/ws/asr"
 
 
+@pytest.mark.models
 async def test_health_is_503_while_loading_then_200():
     hub = make_hub({"engines": ENGINES}, only=["ptt"])
     port = hub.listener("ptt").config.port
@@ -445,6 +457,7 @@ async def test_health_is_503_while_loading_then_200():
     assert seen[-1][0] == 200 and seen[-1][1]["status"] == "ok"
 
 
+@pytest.mark.models
 async def test_stats_after_traffic(server):
     async with websockets.connect(url(server)) as ws:
         await recv_json(ws)
@@ -466,6 +479,7 @@ async def test_stats_after_traffic(server):
     assert stats["uptime_s"] >= 0 and "p99" in stats["event_loop_lag_ms"]
 
 
+@pytest.mark.models
 async def test_test_page_is_the_demo_page_opened_on_ptt(server):
     async with aiohttp.ClientSession() as http:
         # The seed: GET /test returns the test page itself (HTML), not a redirect.

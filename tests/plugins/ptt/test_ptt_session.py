@@ -297,6 +297,7 @@ def whisper_engines():
     hub.unload_engines()
 
 
+@pytest.mark.models
 async def test_real_engine_through_plain_messages(harness, whisper_engines):
     import soundfile as sf
 

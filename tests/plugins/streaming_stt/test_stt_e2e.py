@@ -17,7 +17,7 @@ import stt_helpers as h
 from asrhub.testing import make_hub, running_server, wer
 from asrhub_plugins.streaming_stt import messages as m
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.models]
 PROTOCOL = "streaming_stt"
 
 
@@ -76,6 +76,7 @@ def check_session(rec: h.Recorder, reference: str, max_wer: float) -> str:
     return final["text"]
 
 
+@pytest.mark.slow
 async def test_pcm_stream_partials_while_audio_flows_stable_text_accurate_final(server, two_clips) -> None:
     audio, second_at, reference = two_clips
     speed = 2.0
@@ -105,7 +106,8 @@ async def test_pcm_stream_partials_while_audio_flows_stable_text_accurate_final(
     assert final_at - stopped < 5.0
 
 
-@pytest.mark.parametrize("fmt, speed", [("webm", 2.0), ("ogg", 4.0)])
+@pytest.mark.parametrize("fmt, speed", [pytest.param("webm", 2.0, marks=pytest.mark.slow),
+                                        ("ogg", 4.0)])
 async def test_opus_container_stream_like_mediarecorder(server, two_clips, fmt: str, speed: float) -> None:
     audio, _, reference = two_clips
     if fmt == "ogg":  # the short recording alone
@@ -206,7 +208,7 @@ async def test_plain_http_get_describes_the_endpoint(server) -> None:
 
 
 async def test_connection_limit() -> None:
-    hub = make_hub({"protocols": {PROTOCOL: {"max_connections": 1}}}, only=[PROTOCOL])
+    hub = make_hub({"protocols": {PROTOCOL: {"max_connections": 1}}}, only=[PROTOCOL], fake_engines=True)
     async with running_server(hub) as srv, aiohttp.ClientSession() as http:
         first = await http.ws_connect(url(srv))
         assert (await first.receive_json())["type"] == "connected"

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from asrhub.testing import free_port, make_hub, running_server, wer
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.models]
 PROTOCOL = "streaming_stt"
 HERE = Path(__file__).resolve().parent
 SPEED = 2.0
@@ -72,6 +72,7 @@ async def test_examples_are_the_seeds_verbatim() -> None:
     assert "this.mediaRecorder.start(100)" in examples["js"]
 
 
+@pytest.mark.slow  # 10 s of "recording" at 2x, then the 2 s idle end
 async def test_seed_asyncio_class(server, tmp_path: Path) -> None:
     # run(duration=10): 10 s "recorded" (7.1 s of speech, then the microphone hears silence).
     clip = h.CLIPS[0]
@@ -102,6 +103,7 @@ async def test_seed_simplified_client(server, tmp_path: Path) -> None:
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 async def test_seed_javascript_class_in_chromium(server, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

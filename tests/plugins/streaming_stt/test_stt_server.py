@@ -91,23 +91,31 @@ async def test_recognition_sessions_are_a_summary_field_not_closed_sessions() ->
 async def test_shutdown_sends_final_and_session_ended_then_1001() -> None:
     server = running_server(fake_hub())
     srv = await server.__aenter__()
+    http = aiohttp.ClientSession()
+    stopped = False
     try:
-        http = aiohttp.ClientSession()
         ws = await http.ws_connect(url(srv))
         await ws.receive_json()
         await ws.send_str('{"command": "start"}')
         await ws.send_bytes(pcm(1.5))
         assert (await ws.receive_json()) == m.session_started()
         await receive_until(ws, "partial")
-    finally:
+
+        async def read_to_close() -> list:
+            got = []
+            async for msg in ws:  # answers the server's close frame
+                got.append(json.loads(msg.data))
+            return got
+
+        reader = asyncio.create_task(read_to_close())
         await server.__aexit__(None, None, None)
-    try:
-        got = await receive_until(ws, "session_ended")
-        assert got[-2] == m.final("w1 w2 w3")
-        closing = await asyncio.wait_for(ws.receive(), 10)
-        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
+        stopped = True
+        got = await asyncio.wait_for(reader, 10)
+        assert [x["type"] for x in got] == ["final", "session_ended"]
+        assert got[0] == m.final("w1 w2 w3") and ws.close_code == 1001
     finally:
-        await ws.close()
+        if not stopped:
+            await server.__aexit__(None, None, None)
         await http.close()
 
 
