@@ -470,11 +470,13 @@ class RecordingChannel:
     text and bytes as they are), error codes in ``errors``, a close in ``closed_with``.
     ``error_message`` is the protocol's envelope (its route's), as the core would apply it."""
 
-    def __init__(self, error_message: Any = None, *, protocol: str = "test") -> None:
+    def __init__(self, error_message: Any = None, *, codes: ErrorCodes | None = None,
+                 protocol: str = "test") -> None:
         import time
 
         self.error_message = error_message or (lambda err: {"type": "error", "code": err.code,
                                                             "message": err.message})
+        self.codes = codes or ECHO_CODES
         self.protocol = protocol
         self.conn_id = f"{protocol}-test"
         self.peer = "127.0.0.1"
@@ -538,6 +540,22 @@ class RecordingChannel:
         pass
 
     # helpers for tests
+    async def deliver(self, session: Session, message: str | bytes) -> None:
+        """One client message to ``session`` as the kit's receive loop hands it over: text to
+        ``on_text``, bytes to ``on_binary``; what it raises becomes the protocol's error
+        message, mapped as the kit maps it (``codes``; a fatal error closes the channel)."""
+        from asrhub.protocol import _map_failure
+
+        if self.closed:
+            return
+        try:
+            if isinstance(message, str):
+                await session.on_text(message)
+            else:
+                await session.on_binary(message)
+        except Exception as exc:  # noqa: BLE001 - what the kit does with it
+            self.send_error(_map_failure(exc, self.codes))
+
     def types(self) -> list[Any]:
         return [m.get("type") if isinstance(m, dict) else type(m).__name__ for m in self.sent]
 
