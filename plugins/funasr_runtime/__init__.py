@@ -1,0 +1,1 @@
+"""asrhub plugin: FunASR's runtime WebSocket protocol (offline / online / 2pass) on port 10095."""
