@@ -5,7 +5,6 @@ whole-file hash checks. Tasks that get queued run for real (Whisper tiny.en, Sil
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import numpy as np
@@ -14,15 +13,8 @@ import pytest_asyncio
 import structlog
 
 from asrhub.executor import Priority
-from asrhub.protocol import (
-    Channel,
-    CloseInfo,
-    ProtocolContext,
-    ProtocolError,
-    Transport,
-    WebSocketRoute,
-)
-from asrhub.testing import make_hub, wer
+from asrhub.protocol import CloseInfo
+from asrhub.testing import RecordingChannel, make_hub, wer
 from asrhub_plugins.file_transcription import messages as m
 from asrhub_plugins.file_transcription.handler import error_envelope
 from asrhub_plugins.file_transcription.service import FileService
@@ -70,51 +62,19 @@ async def service(tmp_path_factory):
     await close_service(svc)
 
 
-class ListChannel(Channel):
-    """The kit's Channel with a list for a socket: what the session sends, in order (the
-    envelope of errors and their counting are the real ones)."""
-
-    def __init__(self, ctx: ProtocolContext, route: WebSocketRoute) -> None:
-        self.sent: list[dict[str, Any]] = []
-        super().__init__(ctx, route, "127.0.0.1", 1000)
-
-    def _put(self, item: str | bytes) -> None:
-        self.sent.append(json.loads(item))
-
-    def _transport_closed(self) -> bool:
-        return False
-
-    async def _write(self, item: str | bytes) -> None:
-        raise AssertionError("unused")
-
-    async def _transport_close(self, code: int, reason: str) -> None:
-        pass
-
-
-ROUTE = WebSocketRoute("/", lambda channel, request: None, error_envelope, m.CODES)
-
-
 class Client:
-    """A session and the list of everything it sent; a refused request is answered as the
-    core answers it (the route's error envelope, counted)."""
+    """A session on the kit's RecordingChannel: what it sent, in order; a refused request is
+    answered as the core answers it (the route's error envelope and codes)."""
 
     def __init__(self, service: FileService, scope: str = "", client: str = "peer") -> None:
-        hub = service.hub
-        ctx = ProtocolContext(name="file_transcription", hub=hub, settings=service.settings,
-                              listener=hub.listener("file_transcription").config,
-                              executor=hub.executor, metrics=hub.metrics,
-                              loop_lag=hub.loop_lag, transport=Transport(hub))
-        self.channel = ListChannel(ctx, ROUTE)
+        self.channel = RecordingChannel(error_envelope, codes=m.CODES, protocol="file_transcription")
         self.sent = self.channel.sent
-        self.session = FileSession(service, self.channel, scope=scope, client=client)
+        self.session = FileSession(service, self.channel, scope=scope, client=client)  # type: ignore[arg-type]
         self.seen = 0
 
     async def say(self, text: str) -> list[dict[str, Any]]:
         start = len(self.sent)
-        try:
-            await self.session.on_text(text)
-        except ProtocolError as exc:
-            self.channel.send_error(exc)
+        await self.channel.deliver(self.session, text)
         self.seen = len(self.sent)
         return self.sent[start:]
 
@@ -180,8 +140,8 @@ async def test_every_error_of_the_seed_table(service, short_wav):
     assert error(await c.say(msg("transcribe", file="x")))["error"] == "unknown_message_type"
     e = error(await c.say(chunk_msg(ready["task_id"], short_wav, 99, 40_000)))
     assert e["error"] == "invalid_message" and "past the last" in e["message"]
-    errors = service.hub.counters["file_transcription"].errors
-    assert errors["invalid_file_type"] >= 1 and errors["task_not_found"] >= 1
+    errors = c.channel.errors
+    assert errors.count("session_not_found") == 3 and errors.count("invalid_message") == 2
     assert c.channel.errors_sent == 12
     await c.close()
     assert c.session.state is ConnState.CLOSED
