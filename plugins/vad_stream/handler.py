@@ -9,19 +9,22 @@ from typing import Any
 
 from aiohttp import web
 
+from asrhub.appkeys import PUBLIC_PREFIXES_KEY
 from asrhub.paths import web_dir
 from asrhub.protocol import Channel, ProtocolContext, WebSocketRoute
 
 from .messages import CODES, error_message
-from .session import VadStreamSession
+from .session import RegistrationLimiter, VadStreamSession
 from .settings import VadStreamSettings
 
 PROTOCOL = "vad_stream"
 
 
 def route(ctx: ProtocolContext) -> WebSocketRoute:
+    limiter = RegistrationLimiter(ctx.settings.speaker_registrations_per_minute)
+
     def open_session(channel: Channel, request: Any) -> VadStreamSession:
-        return VadStreamSession(channel, ctx, ctx.settings)  # the settings of now (SIGHUP)
+        return VadStreamSession(channel, ctx, ctx.settings, limiter)  # the settings of now (SIGHUP)
 
     async def usage(request: web.Request) -> web.Response:
         return web.json_response({"protocol": PROTOCOL, "message": "connect with a WebSocket "
@@ -63,3 +66,9 @@ def setup_static(app: web.Application, root: Path) -> None:
     # aiohttp resolves plain paths before this catch-all, so the routes the core adds after
     # setup (/health, /metrics, /services: the demo page reads /services) keep working here.
     app.router.add_get("/{path:.*}", make_static_handler(root))
+    # With a token set, the page's files load without it (the page then asks for the token and
+    # sends it on every connection); "/" itself, /metrics and /services still need it.
+    if root.is_dir():
+        app[PUBLIC_PREFIXES_KEY] = tuple(sorted(f"/{entry.name}{'/' if entry.is_dir() else ''}"
+                                                for entry in root.iterdir()
+                                                if not entry.name.startswith((".", "_"))))

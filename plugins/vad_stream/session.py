@@ -142,11 +142,37 @@ def make_segmenter(settings: VadStreamSettings, vad_stream: Any) -> UtteranceSeg
         max_samples=int(settings.max_segment_s * SAMPLE_RATE))
 
 
+class RegistrationLimiter:
+    """Speaker registrations per client address in the last minute (one per listener)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._times: dict[str, collections.deque[float]] = {}
+
+    def admit(self, peer: str) -> bool:
+        if not self.per_minute:
+            return True
+        now = time.monotonic()
+        for key in [k for k, q in self._times.items() if not q or now - q[-1] > 60]:
+            del self._times[key]  # bounded: only addresses seen in the last minute
+        recent = self._times.setdefault(peer, collections.deque())
+        while recent and now - recent[0] > 60:
+            recent.popleft()
+        if len(recent) >= self.per_minute:
+            return False
+        recent.append(now)
+        return True
+
+
 class VadStreamSession(Session):
-    def __init__(self, channel: Channel, ctx: ProtocolContext, settings: VadStreamSettings) -> None:
+    def __init__(self, channel: Channel, ctx: ProtocolContext, settings: VadStreamSettings,
+                 limiter: RegistrationLimiter | None = None) -> None:
         self.channel = channel
         self.settings = settings
         self.engines = Engines(ctx, settings)
+        self.limiter = limiter or RegistrationLimiter(settings.speaker_registrations_per_minute)
+        self._token_required = bool(ctx.listener.token)
+        self._registered: set[str] = set()  # ids this connection registered (may re-register)
         self.mode = Mode.STREAMING
         self._default_verification = (
             Verification(settings.speaker_verification_default_user.strip(), True)
@@ -363,6 +389,7 @@ class VadStreamSession(Session):
     async def _cmd_speaker_register_start(self, command: Command) -> None:
         if command.user_id is None:
             raise ProtocolError(ErrorCode.REGISTER_MISSING_USER, "Missing user_id parameter")
+        await self._check_registration(command.user_id)
         self._enter(Mode.REGISTERING)
         self._register_user = command.user_id
         self.send(msg.register_progress(
@@ -381,6 +408,9 @@ class VadStreamSession(Session):
         if duration < minimum:
             raise ProtocolError(ErrorCode.REGISTER_TOO_SHORT,
                                 f"Audio too short: {duration:.1f}s < {minimum:g}s")
+        if not self.limiter.admit(self.channel.peer):
+            raise ProtocolError(ErrorCode.PROCESSING, "Too many speaker registrations: at most "
+                                f"{self.settings.speaker_registrations_per_minute} per minute")
         await self._jobs.put(_RegisterJob(user_id, pcm))
 
     async def _cmd_speaker_verify_enable(self, command: Command) -> None:
@@ -516,14 +546,34 @@ class VadStreamSession(Session):
             raise ProtocolError(ErrorCode.EMBEDDING_FAILED,
                                 "Failed to extract speaker embedding: no speech in the audio")
         embedding, engine_name = await self._embed(audio)
+        await self._check_registration(job.user_id)  # again: another client may have been faster
         voiceprint = Voiceprint(speaker_id=job.user_id, name=job.user_id, embedding=embedding,
                                 created_at=time.time(), audio_seconds=duration, engine=engine_name)
         await self._store_call(lambda store, vp: store.put(vp), voiceprint)
+        self._registered.add(job.user_id)
         self.stats["registrations"] += 1
         log.info("speaker_registered", user_id=job.user_id, audio_s=round(duration, 3))
         self.send(msg.register_result(job.user_id, duration))
 
     # ------------------------------------------------------------------ speakers
+
+    async def _check_registration(self, user_id: str) -> None:
+        """Who may overwrite an existing voiceprint (``speaker_overwrite``), and the store's size."""
+        def look(store: Any, uid: str) -> tuple[bool, int]:
+            return store.get(uid) is not None, len(store.list())
+
+        exists, count = await self._store_call(look, user_id)
+        if exists:
+            mode = self.settings.speaker_overwrite
+            allowed = mode == "always" or (mode == "token" and (
+                self._token_required or user_id in self._registered))
+            if not allowed:
+                raise ProtocolError(ErrorCode.PROCESSING, f"Speaker {user_id} is already registered: "
+                                    "this server does not let clients overwrite voiceprints"
+                                    + (" without a token" if mode == "token" else ""))
+        elif count >= self.settings.speaker_max_voiceprints:
+            raise ProtocolError(ErrorCode.PROCESSING, "The voiceprint store is full "
+                                f"({self.settings.speaker_max_voiceprints} speakers)")
 
     async def _store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

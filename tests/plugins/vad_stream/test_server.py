@@ -456,8 +456,9 @@ async def test_seed_client_keeps_the_text_of_a_segment_too_short_for_a_voiceprin
     ASR). The seed's streaming client prints the result."""
     go = pcm16(CLIP_GO)[: int(0.72 * 16000) * 2]  # "go" of "go forward ten meters"
     async with websockets.connect(ws_url(server)) as ws:
-        seen = await register(ws, "spk1", SPK1_ENROLL)
-        assert seen[-1]["type"] == "speaker_register_result", seen
+        await ws.send(command("speaker_list"))
+        if not any(s["user_id"] == "spk1" for s in (await recv_json(ws))["speakers"]):
+            assert (await register(ws, "spk1", SPK1_ENROLL))[-1]["success"] is True
         await ws.send(command("speaker_verify_enable", user_id="spk1", required=False))
         assert (await recv_json(ws))["required"] is False
         client, printed = load_seed_client("seed_stream_client")
@@ -551,3 +552,23 @@ async def test_check_config_refuses_what_serve_refuses(tmp_path):
     assert done.returncode == 0, done
     config.write_text("[protocols.vad_stream]\nenabled = false\nns_enabled = true\n", encoding="utf-8")
     assert subprocess.run(asrhub, capture_output=True, timeout=120).returncode == 0  # not served
+
+
+async def test_a_second_anonymous_client_cannot_replace_a_voiceprint(server):
+    """Issue 18 #6 against a real server: without a token, another client registering the same
+    id is refused (code 2) and the first voiceprint stays; odd ids are refused (code 10)."""
+    async with websockets.connect(ws_url(server)) as first:
+        seen = await register(first, "victim", SPK1_ENROLL)
+        assert seen[-1]["type"] == "speaker_register_result", seen
+        await first.send(command("speaker_list"))
+        before = next(s for s in (await recv_json(first))["speakers"] if s["user_id"] == "victim")
+    async with websockets.connect(ws_url(server)) as second:
+        await second.send(command("speaker_register_start", user_id="victim"))
+        refused = await recv_json(second)
+        assert (refused["type"], refused["code"]) == ("error", 2) and "already registered" in refused["message"]
+        for odd in ("../x", "x\u0000y", "<script>"):
+            await second.send(command("speaker_register_start", user_id=odd))
+            assert (await recv_json(second))["code"] == 10
+        await second.send(command("speaker_list"))
+        after = next(s for s in (await recv_json(second))["speakers"] if s["user_id"] == "victim")
+    assert after == before

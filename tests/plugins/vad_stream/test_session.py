@@ -289,3 +289,48 @@ async def test_noise_suppression_when_enabled(hub):
     async with Driver(hub) as d:  # off by default, as in the seed
         await d.feed(chunks(utterance(CLIP_GO)))
         assert d.session._denoise is None
+
+
+# ---------------------------------------------------------------------------- voiceprints (issue 18)
+
+
+def register(user_id: str) -> list:
+    from .conftest import SPK1_ENROLL
+
+    return [command("speaker_register_start", user_id=user_id), chunks(pcm16(SPK1_ENROLL), 3200),
+            command("speaker_register_end")]
+
+
+def last_outcome(sent: list[dict]) -> dict:
+    return [m for m in sent if m["type"] in ("speaker_register_result", "error")][-1]
+
+
+@pytest.mark.slow
+async def test_an_existing_voiceprint_is_only_overwritten_as_configured(hub):
+    async with Driver(hub) as owner:
+        assert last_outcome(await owner.feed(*register("owner")))["success"] is True
+        # the connection that registered it may register it again (a retry)
+        assert last_outcome(await owner.feed(*register("owner")))["success"] is True
+    async with Driver(hub) as other:  # anonymous (no token on this listener): refused
+        sent = await other.feed(command("speaker_register_start", user_id="owner"))
+        assert codes(sent) == [2] and "already registered" in sent[-1]["message"], sent
+        assert other.session.mode is Mode.STREAMING
+    async with Driver(hub, speaker_overwrite="always") as anyone:  # the seed's behaviour
+        assert last_outcome(await anyone.feed(*register("owner")))["success"] is True
+    async with Driver(hub) as holder:  # a listener that requires a token: its clients may
+        holder.session._token_required = True
+        assert last_outcome(await holder.feed(*register("owner")))["success"] is True
+    async with Driver(hub, speaker_overwrite="never") as nobody:
+        assert codes(await nobody.feed(command("speaker_register_start", user_id="owner"))) == [2]
+
+
+@pytest.mark.slow
+async def test_voiceprint_count_and_registration_rate_are_limited(hub):
+    async with Driver(hub, speaker_max_voiceprints=1) as d:
+        await d.feed(*register("first"))  # the store holds at least one id from here on
+        sent = await d.feed(command("speaker_register_start", user_id="one-more"))
+        assert codes(sent) == [2] and "store is full" in sent[-1]["message"]
+    async with Driver(hub, speaker_registrations_per_minute=1) as d:
+        assert last_outcome(await d.feed(*register("rate")))["success"] is True
+        outcome = last_outcome(await d.feed(*register("rate")))
+        assert outcome["code"] == 2 and "per minute" in outcome["message"]
