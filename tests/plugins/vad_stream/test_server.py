@@ -572,3 +572,41 @@ async def test_a_second_anonymous_client_cannot_replace_a_voiceprint(server):
         await second.send(command("speaker_list"))
         after = next(s for s in (await recv_json(second))["speakers"] if s["user_id"] == "victim")
     assert after == before
+
+
+@pytest.mark.slow
+async def test_shutdown_flushes_results_of_audio_already_received(tmp_path):
+    """SIGTERM while a client is mid-sentence (no silence after it yet) and another is mid-batch:
+    each gets the results of what it sent, then 1001."""
+    hub = hub_for(tmp_path)
+    srv_cm = running_server(hub, preload=True)
+    srv = await srv_cm.__aenter__()
+    stopped = False
+    try:
+        async with websockets.connect(ws_url(srv)) as live, websockets.connect(ws_url(srv)) as batch:
+            await live.send(silence(0.3) + pcm16(CLIP_GO))  # the segment is still open
+            assert (await recv_json(live))["event"] == "speech_start"
+            await batch.send(command("batch_start"))
+            assert (await recv_json(batch))["state"] == "receiving"
+            await batch.send(pcm16(CLIP_NOT_ILL))
+            await batch.send(command("ping"))  # everything before it has been taken in
+            assert (await recv_until(batch, lambda m: m["type"] == "pong"))[-1] == {"type": "pong"}
+            stopping = asyncio.create_task(srv_cm.__aexit__(None, None, None))
+            stopped = True
+            heard: dict[str, list[dict]] = {"live": [], "batch": []}
+            codes: dict[str, int] = {}
+            for name, ws in (("live", live), ("batch", batch)):
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        heard[name].append(await recv_json(ws, 60))
+                codes[name] = closed.value.rcvd.code
+            await asyncio.wait_for(stopping, 60)
+    finally:
+        if not stopped:
+            await srv_cm.__aexit__(None, None, None)
+    assert codes == {"live": 1001, "batch": 1001}
+    kinds = [m.get("event") or m["type"] for m in heard["live"]]
+    assert kinds == ["speech_end", "result"], heard["live"]
+    assert wer(transcript(CLIP_GO), heard["live"][-1]["text"]) <= 0.25
+    result = next(m for m in heard["batch"] if m["type"] == "batch_result")
+    assert wer(transcript(CLIP_NOT_ILL), result["text"]) <= 0.35, result
