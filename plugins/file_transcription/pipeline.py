@@ -1,7 +1,7 @@
 """One file job: decode → speech regions → speakers → transcribe piece by piece → result.
 
 - Speech regions come from the hub's VAD (silence is never sent to the ASR engine).
-- Diarization: one speaker embedding per region (regions under ``MIN_EMBED_S`` take their
+- Diarization (:mod:`asrhub.diarize`): one speaker embedding per region (short regions take their
   nearest neighbour's speaker), agglomerative clustering on cosine distance with a distance
   threshold (the number of speakers is estimated, not given). Without a VAD the ASR segments
   are diarized instead; without a speaker engine the file has one speaker (a logged warning).
@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import structlog
 
 from asrhub.audio import decode_file
-from asrhub.diarize import cluster, fill_unlabelled
-from asrhub.engine import SAMPLE_RATE, Audio, EngineError, Segment, Transcript, Word
-from asrhub.executor import Priority
+from asrhub.diarize import speaker_labels
+from asrhub.engine import SAMPLE_RATE, Audio, Segment, Transcript, Word
+from asrhub.executor import ExecutorBusy, ExecutorClosed, Priority
 from asrhub.formats import to_srt
 from asrhub.segmenter import quietest_point
 from asrhub.text import join_texts
@@ -38,9 +37,6 @@ log = structlog.get_logger("asrhub.file_transcription")
 # Where each stage ends in the overall progress (percent); transcription takes the rest.
 DECODE_END, VAD_END, DIARIZE_END = 5.0, 8.0, 15.0
 VAD_WINDOW_S = 300.0  # speech_regions in 5-minute calls: a long file never holds a worker long
-EMBED_BATCH_S = 30.0  # audio seconds of speaker embeddings per executor call
-MIN_EMBED_S = 1.0  # shorter segments take the speaker of their nearest neighbour
-MAX_EMBED_S = 8.0  # of a longer one only the middle is embedded (enough for a voice)
 
 Report = Callable[[float, str], None]  # (overall percent, stage message), called on the loop
 
@@ -256,55 +252,16 @@ class FileTranscriber:
             self._warn_once("speaker", "file_diarization_unavailable", error="no speaker engine",
                             fallback="one speaker")
             return None
-        wanted = [i for i, (a, b) in enumerate(spans) if b - a >= MIN_EMBED_S]
-
-        def middle(i: int) -> tuple[int, int]:
-            start, end = spans[i]
-            trim = max(0.0, (end - start - MAX_EMBED_S) / 2)
-            return int((start + trim) * SAMPLE_RATE), int((end - trim) * SAMPLE_RATE)
-
-        def embed_many(indices: list[int]) -> list[np.ndarray | None]:
-            out: list[np.ndarray | None] = []
-            for i in indices:
-                try:
-                    out.append(np.asarray(speaker.embed(audio[slice(*middle(i))]), dtype=np.float32))
-                except EngineError:  # too little speech in this span: its neighbours decide
-                    out.append(None)
-            return out
-
-        embeddings: dict[int, np.ndarray] = {}
-        batches: list[list[int]] = [[]]
-        seconds = 0.0
-        for i in wanted:
-            if seconds >= EMBED_BATCH_S:
-                batches.append([])
-                seconds = 0.0
-            batches[-1].append(i)
-            seconds += min(MAX_EMBED_S, spans[i][1] - spans[i][0])
+        # The embedding and clustering are the core's (asrhub.diarize); the engine is known to
+        # exist here, so its own "unavailable" warning fires only on a real failure.
         try:
-            for batch in batches:
-                if not batch:
-                    continue
-                found = await self._run(embed_many, batch, engine=self.hub.engine_name("speaker"))
-                embeddings.update((i, e) for i, e in zip(batch, found, strict=True) if e is not None)
-                report(low + len(embeddings) / len(wanted) * (high - low), "正在识别说话人...")
+            found = await speaker_labels(
+                self.hub, audio, spans, threshold=self.settings.speaker_threshold,
+                max_speakers=self.settings.max_speakers, priority=Priority.BATCH,
+                progress=lambda fraction: report(low + fraction * (high - low), "正在识别说话人..."))
+        except (ExecutorBusy, ExecutorClosed):
+            raise
         except Exception as exc:  # noqa: BLE001 - a failing speaker engine must not fail the task
             log.warning("file_diarization_failed", error=str(exc), fallback="one speaker")
             return None
-        labels: list[int | None] = [None] * len(spans)
-        if embeddings:
-            order = sorted(embeddings)
-            try:
-                found_labels = cluster(np.stack([embeddings[i] for i in order]),
-                                       threshold=self.settings.speaker_threshold,
-                                       max_speakers=self.settings.max_speakers)
-            except ImportError as exc:  # scipy comes with the "speaker" extra
-                self._warn_once("scipy", "file_diarization_unavailable", error=str(exc),
-                                fallback="one speaker")
-                return None
-            for i, label in zip(order, found_labels, strict=True):
-                labels[i] = label
-        result = fill_unlabelled(spans, labels)
-        log.info("file_diarized", spans=len(spans), embedded=len(embeddings),
-                 speakers=len(set(result)))
-        return result
+        return found[0] if found is not None else None

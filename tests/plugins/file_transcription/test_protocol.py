@@ -90,7 +90,7 @@ async def test_single_upload_json_then_cached_srt(server, tmp_path):
     check_result_shape(srt, "srt")
     assert srt["segments"] == result["segments"]
     cues = srt["text"].strip().split("\n\n")
-    assert len(cues) == len(result["segments"])
+    assert len(cues) >= len(result["segments"])  # long segments are cut into readable cues
     first = cues[0].split("\n")
     assert first[0] == "1"
     assert re.fullmatch(r"\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}", first[1])
@@ -224,8 +224,12 @@ async def test_queue_positions_and_wait_estimate(server, tmp_path):
         assert queued["queue_position"] == index + 1
         assert queued["estimated_wait_minutes"] > 0
         clients.append(c)
-    # When the first finishes the last one moves up.
-    moved, _ = await clients[1].until("task_queued")
+    # When the first finishes the last one moves up (between, it may hear its place again:
+    # a waiting task is re-announced every queue_update_s).
+    for _ in range(100):
+        moved, _ = await clients[1].until("task_queued")
+        if moved["data"]["queue_position"] != 2:
+            break
     assert moved["data"]["queue_position"] == 1
     for c, name in zip(clients, [OTHER[0], OTHER[1]], strict=True):
         done, _ = await c.until("task_complete")
