@@ -49,7 +49,9 @@ class StreamPump:
     :meth:`finish` raise the error. ``report_empty``: call ``on_hypotheses`` after every
     ``accept``, with an empty list when it gave none (a session that answers each audio
     message needs to know that its audio was taken in). ``last_call_seconds`` is the run time
-    of the latest engine call.
+    of the latest engine call. ``min_chunk_s``: audio is handed to ``accept`` in pieces of at
+    least this much (fed frames wait until that much is queued; :meth:`flush`, :meth:`drain`
+    and :meth:`finish` hand over what is left), so a session can feed every frame as it comes.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class StreamPump:
         priority: Priority = Priority.LIVE,
         on_error: ErrorCallback | None = None,
         report_empty: bool = False,
+        min_chunk_s: float = 0.0,
     ) -> None:
         self.executor = executor
         self.stream = stream
@@ -72,6 +75,8 @@ class StreamPump:
         self.engine = engine
         self.priority = priority
         self.max_backlog = int(max_backlog_s * SAMPLE_RATE)
+        self.min_chunk = max(1, int(min_chunk_s * SAMPLE_RATE))
+        self._flushing = False
         self.audio_seconds = 0.0
         self.processing_seconds = 0.0
         self.last_call_seconds = 0.0
@@ -106,14 +111,21 @@ class StreamPump:
         self._queued += len(pcm)
         self.audio_seconds += len(pcm) / SAMPLE_RATE
         self._idle.clear()
-        self._wake.set()
+        if self._queued >= self.min_chunk:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Hand what is queued to ``accept`` now, however little (returns at once)."""
+        if not self._idle.is_set():
+            self._flushing = True
+            self._wake.set()
 
     async def _run(self) -> None:
         try:
             while not self._closed:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._chunks:
+                while self._chunks and (self._queued >= self.min_chunk or self._flushing):
                     chunks, self._chunks = self._chunks, []
                     pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
                     self._queued -= len(pcm)
@@ -124,7 +136,9 @@ class StreamPump:
                         self._inflight = 0
                     if hyps or self.report_empty:
                         await self.on_hypotheses(list(hyps or ()))
-                self._idle.set()
+                if not self._chunks:
+                    self._flushing = False
+                    self._idle.set()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - kept for feed/drain/finish, told to on_error
@@ -153,6 +167,7 @@ class StreamPump:
 
     async def drain(self) -> None:
         """Wait until all queued audio has been through ``accept``."""
+        self.flush()
         while not self._idle.is_set() and not self._task.done():
             idle = asyncio.ensure_future(self._idle.wait())
             try:
@@ -230,9 +245,10 @@ class LiveRecognizer:
 
     async def open(self, on_hypotheses: HypothesisCallback, *, language: str | None = None,
                    max_backlog_s: float = 30.0, priority: Priority = Priority.LIVE,
-                   on_error: ErrorCallback | None = None, report_empty: bool = False) -> StreamPump:
+                   on_error: ErrorCallback | None = None, report_empty: bool = False,
+                   min_chunk_s: float = 0.0) -> StreamPump:
         """A new stream in a pump (see :class:`StreamPump` for the options)."""
         stream = await self.open_raw(language, priority=priority)
         return StreamPump(self.executor, stream, on_hypotheses, engine=self.engine,
                           max_backlog_s=max_backlog_s, priority=priority, on_error=on_error,
-                          report_empty=report_empty)
+                          report_empty=report_empty, min_chunk_s=min_chunk_s)

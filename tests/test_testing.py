@@ -143,3 +143,24 @@ async def test_pump_tells_on_error_at_once_and_refuses_more(executor):
     with pytest.raises(EngineError):
         await pump.finish()
     await pump.close()
+
+
+async def test_pump_min_chunk_batches_frames_until_flushed(executor):
+    seen: list[int] = []
+    engine = FakeASR()
+
+    async def on_hyps(hyps):
+        seen.append(len(hyps))
+
+    pump = await LiveRecognizer.for_engines(executor, engine).open(on_hyps, min_chunk_s=0.5,
+                                                                   report_empty=True)
+    for _ in range(12):  # 1.2 s in 0.1 s frames
+        pump.feed(silence(0.1))
+    await pump.drain()  # hands over the 0.2 s left too
+    stream = engine.streams[0]
+    assert sum(stream.accepted) == 19200
+    assert all(n >= 8000 for n in stream.accepted[:-1]), stream.accepted
+    pump.feed(silence(0.1))
+    await pump.reset()  # queued audio dropped, nothing hangs
+    assert sum(stream.accepted) == 19200 and pump.backlog_seconds == 0
+    await pump.close()

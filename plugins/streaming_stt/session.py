@@ -46,12 +46,11 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import structlog
 
 from asrhub.audio import AudioError, pcm16le_to_float
 from asrhub.container_stream import ContainerStream, sniff_container
-from asrhub.engine import SAMPLE_RATE, Audio, Hypothesis
+from asrhub.engine import Audio, Hypothesis
 from asrhub.executor import ExecutorBusy, ExecutorClosed
 from asrhub.protocol import CloseInfo, ProtocolError, Session
 from asrhub.streaming import BacklogFull, LiveRecognizer, StreamPump
@@ -93,7 +92,6 @@ class StreamingSession(Session):
         self._observe_final_latency = observe_final_latency
         self._loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
-        self._interval = max(1, int(settings.feed_interval_s * SAMPLE_RATE))
 
         self.state = State.IDLE
         self.ended_by: EndReason | None = None
@@ -108,8 +106,6 @@ class StreamingSession(Session):
         self._finished: list[str] = []
         self._current = ""
         self._last_partial = ""
-        self._pending: list[Audio] = []
-        self._pending_len = 0
         self._last_audio: float | None = None
         self._idle_task: asyncio.Task | None = None
         self._fail_task: asyncio.Task | None = None
@@ -144,7 +140,7 @@ class StreamingSession(Session):
                 self._stop_received = self._loop.time()
                 if self._grace_applies():
                     self.state = State.STOPPING
-                    self._feed_pending()  # recognise what we have while the grace runs
+                    self._pump.flush()  # recognise what we have while the grace runs
                     self._grace_task = self._loop.create_task(self._end_after_grace(),
                                                               name="streaming-stt-grace")
                 else:
@@ -212,7 +208,8 @@ class StreamingSession(Session):
         backlog = self.settings.max_backlog_s * 1.5 + 5 * self.settings.feed_interval_s
         try:
             pump = await self.recognizer.open(self._on_hypotheses, language=language,
-                                              max_backlog_s=backlog, on_error=self._on_pump_error)
+                                              max_backlog_s=backlog, on_error=self._on_pump_error,
+                                              min_chunk_s=self.settings.feed_interval_s)
         except ExecutorBusy:
             self._error(m.SERVER_BUSY, "the server is busy; try again shortly")
             return False
@@ -227,7 +224,6 @@ class StreamingSession(Session):
             return False
         self._pump = pump
         self._finished, self._current, self._last_partial = [], "", ""
-        self._pending, self._pending_len = [], 0
         self._last_audio = None
         self._engine_failed = False
         self.input_format = None
@@ -252,9 +248,8 @@ class StreamingSession(Session):
         self._cancel_grace()
         if self._container is not None:
             await self._container.finish()  # its last audio arrives through _on_pcm
-        self._feed_pending()
         try:
-            await self._pump.finish()
+            await self._pump.finish()  # hands over the audio still queued first
         except Exception as exc:  # noqa: BLE001 - the final still goes out with what we have
             self._report_engine_failure(exc)
         text = self.text()
@@ -279,7 +274,6 @@ class StreamingSession(Session):
             await pump.close()
             self.audio_seconds += pump.audio_seconds
             self.processing_seconds += pump.processing_seconds
-        self._pending, self._pending_len = [], 0
 
     def _grace_applies(self) -> bool:
         """Late audio is expected from MediaRecorder (webm/ogg), and from a client whose
@@ -356,23 +350,15 @@ class StreamingSession(Session):
         while pump is not None and pump.backlog_seconds >= self.settings.max_backlog_s:
             try:
                 await pump.drain()
-            except Exception:  # noqa: BLE001 - the pump failed; _feed_pending reports it
+            except Exception:  # noqa: BLE001 - the pump failed; _on_pump_error reports it
                 return
         self._last_audio = self._loop.time()
 
     def _on_pcm(self, pcm: Audio) -> None:
-        if self.state not in (State.ACTIVE, State.STOPPING, State.FINISHING) or self._engine_failed:
+        """Decoded audio to the pump (it hands the engine pieces of ``feed_interval_s``)."""
+        if (self.state not in (State.ACTIVE, State.STOPPING, State.FINISHING)
+                or self._engine_failed or self._pump is None):
             return
-        self._pending.append(pcm)
-        self._pending_len += len(pcm)
-        if self._pending_len >= self._interval:
-            self._feed_pending()
-
-    def _feed_pending(self) -> None:
-        if not self._pending or self._pump is None or self._engine_failed:
-            return
-        pcm = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
-        self._pending, self._pending_len = [], 0
         try:
             self._pump.feed(pcm)
         except BacklogFull as exc:
