@@ -45,12 +45,13 @@ def identity(settings: FileTranscriptionSettings, auth_on: bool, token: str,
     """(trust scope, quota key, MD5 shortcut allowed) of a connection.
 
     The scope decides which tasks and MD5-cached results a client may see (``cache_scope``);
-    the quota key is the peer address, within the token when one is sent."""
+    the quota key is the peer address, within the token when the listener checks one (an
+    unchecked token would let a client pick a fresh quota per upload)."""
     mode = settings.cache_scope
     if mode == "auto":
         mode = "token" if auth_on else "shared"
     scope = {"token": f"token:{_token_id(token)}", "peer": f"peer:{peer}"}.get(mode, "")
-    client = f"{_token_id(token)}@{peer}" if token else peer
+    client = f"{_token_id(token)}@{peer}" if auth_on else peer
     return scope, client, mode != "none"
 
 

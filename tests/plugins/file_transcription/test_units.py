@@ -155,3 +155,20 @@ def test_an_older_database_gains_the_new_columns(tmp_path):
                              output_format="json", chunked=False, chunk_size=0, total_chunks=0,
                              scope="x", force_refresh=True)
     assert task.scope == "x" and task.sha256 is None and task.force_refresh
+
+
+def test_scope_and_quota_key_of_a_connection():
+    from asrhub_plugins.file_transcription.handler import identity
+    from asrhub_plugins.file_transcription.settings import FileTranscriptionSettings as S
+
+    # auto: shared without a hub token, by token with one
+    assert identity(S(), False, "anything", "10.0.0.1") == ("", "10.0.0.1", True)
+    scope, client, shortcut = identity(S(), True, "s3cret", "10.0.0.1")
+    assert scope.startswith("token:") and "s3cret" not in scope and client.endswith("@10.0.0.1")
+    assert identity(S(), True, "other", "10.0.0.1")[0] != scope
+    # an unchecked token picks a scope (it only narrows what the client sees), never a quota
+    assert identity(S(cache_scope="token"), False, "a", "10.0.0.1")[1] == "10.0.0.1"
+    assert identity(S(cache_scope="token"), False, "a", "p")[0] != identity(
+        S(cache_scope="token"), False, "b", "p")[0]
+    assert identity(S(cache_scope="peer"), False, "", "10.0.0.2")[0] == "peer:10.0.0.2"
+    assert identity(S(cache_scope="none"), True, "s3cret", "p")[2] is False
