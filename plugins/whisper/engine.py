@@ -10,16 +10,22 @@ Two decoding paths:
 - Utterances (:meth:`WhisperEngine.decode`, used by the streams and by
   :meth:`WhisperEngine.transcribe_utterance`) call CTranslate2 directly: one encoder pass, the
   language (when not given) read off that same encoder output, then one greedy/beam decode
-  without timestamps. With ``adaptive_window`` the encoder sees the audio plus at least 3 s of
-  padding, at least 10 s, instead of Whisper's fixed 30 s: the encoder is most of the cost of
-  a short decode and shrinks 3-5x, and on the test clips the words were the same (windows under
-  ~8 s make Whisper loop; a looping or truncated result is decoded again with 30 s).
+  without timestamps. Decodes asked for at the same time by different sessions run as one
+  batched call (:mod:`asrhub_plugins.whisper.batching`): finals first, bounded gathering.
 
-Thread safety: every method may be called from several threads. CTranslate2 runs at most
-``num_workers`` calls at once (each on ``cpu_threads`` threads) and queues the rest, so with the
-default ``num_workers = 1`` two executor threads decoding at once take turns inside
-CTranslate2; :attr:`WhisperEngine.busy` tells streams when that queue is occupied so that they
-can put off a partial result rather than wait.
+Accuracy comes first: finals and files are decoded with Whisper's full 30 s window, as the
+model was trained. Only partial hypotheses (``adaptive_window``) use a shorter window (the
+audio plus at least 3 s of padding, at least 10 s): the encoder is most of the cost of a short
+decode and shrinks 3-5x, but the text can differ (measured over testdata: WER 3.9 % against
+3.2 % at 30 s, and a sentence repeated on a clip) -- acceptable for a hypothesis that is
+replaced a second later, not for the final. A looping, truncated or sentence-repeating partial
+is decoded again with 30 s; a sentence Whisper still repeats at 30 s is kept once
+(:func:`~asrhub_plugins.whisper.text.collapse_repeated_sentences`).
+
+Thread safety: every method may be called from several threads. Utterance decodes from
+different threads meet in the batcher; file decodes go to CTranslate2, which runs at most
+``num_workers`` calls at once and queues the rest. :attr:`WhisperEngine.busy` tells streams
+when the model is occupied so that they can put off a partial result rather than wait.
 """
 
 from __future__ import annotations
@@ -48,9 +54,15 @@ from asrhub.engine import (
     Word,
 )
 from asrhub.text import join_texts
+from asrhub_plugins.whisper.batching import DecodeBatcher, DecodeRequest
 from asrhub_plugins.whisper.models import resolve_model
 from asrhub_plugins.whisper.settings import WhisperSettings
-from asrhub_plugins.whisper.text import ChineseScript, normalise_language
+from asrhub_plugins.whisper.text import (
+    ChineseScript,
+    collapse_repeated_sentences,
+    has_repeated_sentence,
+    normalise_language,
+)
 
 if TYPE_CHECKING:
     from asrhub_plugins.whisper.stream import WhisperStream
@@ -64,6 +76,7 @@ WINDOW_PADDING = 300  # at least 3 s of silence after the audio, so the model se
 WINDOW_STEP = 500
 MAX_SAMPLES = FULL_WINDOW * HOP
 MAX_NEW_TOKENS = 224
+MAX_LENGTH = 448  # the decoder's positions: prompt + generated tokens
 SHORT_CLIP_S = 20.0
 # faster-whisper's defaults for dropping silence and detecting loops.
 NO_SPEECH_THRESHOLD = 0.6
@@ -83,11 +96,22 @@ class Decoded:
     no_speech_prob: float
     duration: float  # seconds of audio decoded
     window: int  # mel frames the encoder saw
-    compute_s: float
+    compute_s: float  # from the call to the result (waiting for the batch included)
+    batch_size: int = 1  # decodes in the engine call that made this one
+
+    @property
+    def full_window(self) -> bool:
+        """Decoded with Whisper's 30 s window (final quality)."""
+        return self.window >= FULL_WINDOW
 
     @property
     def confidence(self) -> float:
         return float(min(1.0, math.exp(self.avg_logprob)))
+
+
+def token_budget(duration: float) -> int:
+    """New tokens an utterance of ``duration`` seconds may take: more means Whisper loops."""
+    return min(MAX_NEW_TOKENS, int(16 + 12 * duration))
 
 
 def window_frames(samples: int, adaptive: bool = True) -> int:
@@ -165,6 +189,9 @@ class WhisperEngine:
         self._inflight = 0
         self.decodes = 0
         self.decode_seconds = 0.0
+        self._eot = self._tokenizer("en").eot
+        self.batcher = DecodeBatcher(self._run_batch, max_batch=settings.max_batch,
+                                     gather_s=settings.batch_gather_ms / 1000)
 
     # ------------------------------------------------------------------ helpers
 
@@ -187,11 +214,12 @@ class WhisperEngine:
 
     @property
     def busy(self) -> bool:
-        """Every CTranslate2 worker is taken: a new decode would queue."""
-        return self._inflight >= self.settings.num_workers
+        """The model is occupied (a batch running or waiting, or every CTranslate2 worker
+        taken by files): a new decode would queue."""
+        return self.batcher.busy or self._inflight >= self.settings.num_workers
 
     @contextlib.contextmanager
-    def _running(self) -> Iterator[None]:
+    def _running(self, decodes: int = 1) -> Iterator[None]:
         with self._guard:
             self._inflight += 1
         started = time.perf_counter()
@@ -200,7 +228,7 @@ class WhisperEngine:
         finally:
             with self._guard:
                 self._inflight -= 1
-                self.decodes += 1
+                self.decodes += decodes
                 self.decode_seconds += time.perf_counter() - started
 
     def _vad_engine(self) -> VADEngine:
@@ -209,79 +237,119 @@ class WhisperEngine:
             return engine
         with self._guard:
             if self._own_vad is None:
-                from asrhub_plugins.vad.silero import SileroVAD
-
-                self._own_vad = SileroVAD()
+                self._own_vad = _registered_vad()
             return self._own_vad
 
     # ------------------------------------------------------------------ utterances
 
     def decode(self, audio: Audio, language: str | None, *, previous_text: str = "",
-               window: int | None = None) -> Decoded:
+               window: int | None = None, partial: bool = False) -> Decoded:
         """Recognise one utterance (at most 30 s; longer audio is cut). ``language`` None
-        detects it from the same encoder pass. Thread-safe."""
-        import ctranslate2
-
+        detects it from the same encoder pass. ``partial``: a hypothesis that a later decode
+        replaces, which may use a shorter window (``adaptive_window``); otherwise (finals,
+        files) Whisper's 30 s window. ``window`` forces a window (mel frames). Thread-safe:
+        concurrent calls are batched."""
         started = time.perf_counter()
         audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[:MAX_SAMPLES]
         duration = len(audio) / SAMPLE_RATE
+        exact = window is not None
         if window is None:
-            window = window_frames(len(audio), self.settings.adaptive_window)
+            window = window_frames(len(audio), self.settings.adaptive_window and partial)
         if not len(audio) or float(np.max(np.abs(audio))) < SILENCE_PEAK:
             # Whisper "hears" words in digital silence ("you"); nothing to decode.
             return Decoded("", language, 0.0, 0.0, 1.0,
                            duration, window, time.perf_counter() - started)
-        # Padding as faster-whisper does it, so that the log-mel normalisation is the same.
-        features = self._model.feature_extractor(audio, padding=window * HOP)[:, :window]
-        features = np.ascontiguousarray(features[None], dtype=np.float32)
-        language_probability = 1.0
         if not self.multilingual:
             language = "en"
-        with self._running():
-            encoded = self._ct2.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
-            if language is None:
-                token, language_probability = self._ct2.detect_language(encoded)[0][0]
-                language = token[2:-2]
-            tokenizer = self._tokenizer(language)
-            prompt = self._prompt(tokenizer, previous_text)
-            max_new = min(MAX_NEW_TOKENS, int(16 + 12 * duration))
-            result = self._ct2.generate(
-                encoded, [prompt],
-                beam_size=self.settings.beam_size,
-                max_length=len(prompt) + max_new,
-                return_scores=True,
-                return_no_speech_prob=True,
-                suppress_blank=True,
-                suppress_tokens=self._suppress,
-            )[0]
-        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        previous = previous_text.strip()
+        request = DecodeRequest(
+            audio=audio, window=window, language=language,
+            previous=self._previous_prompt(previous), budget=token_budget(duration),
+            # A forced window is exact: it never runs padded to a batch-mate's window.
+            final=not partial or exact)
+        self.batcher.submit(request)
+        tokens = request.tokens
+        language = request.language
+        assert language is not None
+        tokenizer = self._tokenizer(language)
         text = tokenizer.decode(tokens).strip()
-        avg_logprob = (result.scores[0] * len(tokens)) / (len(tokens) + 1) if tokens else -10.0
-        looping = (len(tokens) >= max_new or _repeats_itself(tokens)
-                   or _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD)
-        if looping and window < FULL_WINDOW:
-            log.debug("whisper_window_retry", window=window, tokens=len(tokens))
-            return self.decode(audio, language, previous_text=previous_text, window=FULL_WINDOW)
-        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
+        avg_logprob = (request.score * len(tokens)) / (len(tokens) + 1) if tokens else -10.0
+        looping = (len(tokens) >= request.budget or _repeats_itself(tokens)
+                   or _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
+                   or has_repeated_sentence(text))
+        if looping and request.window_used < FULL_WINDOW:
+            log.debug("whisper_window_retry", window=request.window_used, tokens=len(tokens))
+            retried = self.decode(audio, language, previous_text=previous_text,
+                                  window=FULL_WINDOW)
+            retried.compute_s = time.perf_counter() - started
+            return retried
+        text = collapse_repeated_sentences(text)
+        if request.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
             text = ""
         return Decoded(
             text=self._script.apply(text, language),
             language=language,
-            language_probability=float(language_probability),
+            language_probability=float(request.language_probability),
             avg_logprob=float(avg_logprob),
-            no_speech_prob=float(result.no_speech_prob),
+            no_speech_prob=float(request.no_speech_prob),
             duration=duration,
-            window=window,
+            window=request.window_used,
             compute_s=time.perf_counter() - started,
+            batch_size=request.batch_size,
         )
 
-    def _prompt(self, tokenizer, previous_text: str) -> list[int]:
-        previous = tokenizer.encode(" " + previous_text.strip()) if previous_text.strip() else []
+    def _previous_prompt(self, previous_text: str) -> list[int]:
+        """``[sot_prev, *tokens]`` of the previous text (or the initial prompt), or []."""
+        # Token ids of text do not depend on the language token: any tokenizer will do.
+        previous = self._tokenizer("en").encode(" " + previous_text) if previous_text else []
         previous = previous or self._prompt_tokens
-        prompt: list[int] = []
-        if previous:
-            prompt = [tokenizer.sot_prev, *previous[-(MAX_NEW_TOKENS - 1):]]
-        return prompt + list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+        if not previous:
+            return []
+        return [self._tokenizer("en").sot_prev, *previous[-(MAX_NEW_TOKENS - 1):]]
+
+    def _features(self, audio: Audio, window: int) -> np.ndarray:
+        # Padding as faster-whisper does it, so that the log-mel normalisation is the same.
+        return self._model.feature_extractor(audio, padding=window * HOP)[:, :window]
+
+    def _run_batch(self, batch: list[DecodeRequest]) -> None:
+        """One engine call for every request of ``batch`` (see :mod:`.batching`): fills in
+        tokens, scores, language. Each request gets at most its own token budget, so its
+        text is what it would be alone."""
+        import ctranslate2
+
+        window = max(r.window for r in batch)
+        features = np.ascontiguousarray(
+            np.stack([self._features(r.audio, window) for r in batch]), dtype=np.float32)
+        with self._running(len(batch)):
+            encoded = self._ct2.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+            if any(r.language is None for r in batch):
+                for request, found in zip(batch, self._ct2.detect_language(encoded), strict=True):
+                    if request.language is None:
+                        token, request.language_probability = found[0]
+                        request.language = token[2:-2]
+            prompts = []
+            for request in batch:
+                tokenizer = self._tokenizer(request.language or "en")
+                prompts.append([*request.previous, *tokenizer.sot_sequence,
+                                tokenizer.no_timestamps])
+            # max_length counts the prompt; CTranslate2 may stop a little short of it, so
+            # leave room for twice the budget (every row is cut to its own budget below).
+            longest = max(r.budget for r in batch)
+            results = self._ct2.generate(
+                encoded, prompts,
+                beam_size=self.settings.beam_size,
+                max_length=min(MAX_LENGTH, len(prompts[0]) + 2 * longest + 2),
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=self._suppress,
+            )
+        for request, result in zip(batch, results, strict=True):
+            tokens = [t for t in result.sequences_ids[0] if t < self._eot]
+            request.tokens = tokens[:request.budget]
+            request.score = float(result.scores[0]) if result.scores else 0.0
+            request.no_speech_prob = float(result.no_speech_prob)
+            request.window_used = window
 
     def transcribe_utterance(self, audio: Audio, language: str | None = None, *,
                              previous_text: str = "") -> Decoded:
@@ -319,7 +387,7 @@ class WhisperEngine:
         duration = len(audio) / SAMPLE_RATE
         plain = task == "transcribe" and not prompt and not temperature
         if duration <= SHORT_CLIP_S and not word_timestamps and not self.settings.vad_filter and plain:
-            decoded = self.decode(audio, lang)
+            decoded = self.decode(audio, lang)  # a final: the full window
             segments = ([Segment(0.0, duration, decoded.text, confidence=decoded.confidence)]
                         if decoded.text else [])
             if progress is not None:
@@ -341,7 +409,8 @@ class WhisperEngine:
             )
             segments = []
             for piece in pieces:
-                text = self._script.apply(piece.text.strip(), info.language)
+                text = self._script.apply(collapse_repeated_sentences(piece.text.strip()),
+                                          info.language)
                 # Whisper may place the last timestamp at the end of its 30 s window.
                 words = [Word(min(w.start, duration), min(w.end, duration),
                               self._script.apply(w.word, info.language), w.probability)
@@ -370,3 +439,19 @@ class WhisperEngine:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._ct2.unload_model()
+
+
+def _registered_vad() -> VADEngine:
+    """The registered Silero VAD engine (or the first VAD registered), for an engine used
+    without a hub: found through the plugin hooks, as the hub finds it."""
+    from asrhub.engine import EngineError
+    from asrhub.plugins import make_plugin_manager
+
+    specs = {spec.name: spec
+             for group in make_plugin_manager().hook.asrhub_register_vad_engines()
+             for spec in group}
+    if not specs:
+        raise EngineError("streaming needs a VAD engine and none is installed")
+    spec = specs.get("silero") or next(iter(specs.values()))
+    engine: VADEngine = spec.factory(spec.settings_class(), None)
+    return engine

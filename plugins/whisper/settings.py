@@ -33,9 +33,17 @@ class WhisperSettings:
     # Condition each utterance (stream) / 30 s window (file) on the previous one's text.
     # Measured: no clear gain on the test clips, and on files it can make Whisper skip windows.
     condition_on_previous: bool = False
-    # Decode short audio with a window of (audio + >= 3 s, at least 10 s) instead of Whisper's
-    # fixed 30 s: 2-4x cheaper, same accuracy on the test clips. False = always 30 s.
+    # Partial hypotheses (streaming) decode short audio with a window of (audio + >= 3 s, at
+    # least 10 s) instead of Whisper's fixed 30 s: 2-4x cheaper. Finals and files always use
+    # 30 s (the shorter window cost accuracy: bench/results/accuracy.md). False = 30 s always.
     adaptive_window: bool = True
+    # Streaming decodes that several sessions ask for at the same time run as one batched
+    # engine call of at most this many utterances (1 = no batching). Batching does not change
+    # the text. Batches can only be as large as the executor has workers ([executor] workers).
+    max_batch: int = 8
+    # How long the first decode waits for others to join its batch when the model is idle and
+    # other sessions decoded within the last second (milliseconds; bounded, 0 = never waits).
+    batch_gather_ms: float = 10.0
     # Files: skip non-speech with faster-whisper's Silero filter before decoding.
     vad_filter: bool = False
 
@@ -48,6 +56,10 @@ class WhisperSettings:
             raise ValueError("num_workers must be >= 1")
         if self.beam_size < 1:
             raise ValueError("beam_size must be >= 1")
+        if not 1 <= self.max_batch <= 64:
+            raise ValueError("max_batch must be between 1 and 64")
+        if not 0 <= self.batch_gather_ms <= 200:
+            raise ValueError("batch_gather_ms must be between 0 and 200")
         if self.partial_interval < 0:
             raise ValueError("partial_interval must be >= 0 (0 disables partial results)")
         if not 2.0 <= self.max_utterance_s <= 29.0:

@@ -5,12 +5,15 @@ The stream keeps that affordable:
 
 - The VAD cuts the audio into utterances; finished utterances are never decoded again, so the
   cost of an update does not grow with the length of the session.
-- A partial result is decoded at most every ``partial_interval`` seconds of new audio, and
-  put off (up to 3 intervals) while every CTranslate2 worker is busy with another stream.
+- A partial result is decoded at most every ``partial_interval`` seconds of new audio (with
+  the engine's short adaptive window), and put off (up to 3 intervals) while the model is busy
+  with other streams (their finals go first).
+- Finals are decoded with Whisper's full 30 s window: the accuracy of a file transcript.
 - When the VAD reports ``silence_since`` (the Silero stream does), the utterance is decoded as
   soon as 0.2 s of quiet follows the speech, ahead of the ``end`` event that comes
-  ``min_silence_ms`` later. If no speech came in between, that decode *is* the final result:
-  no second decode, and the final arrives as soon as the VAD confirms the end.
+  ``min_silence_ms`` later. That decode uses the full window: if no speech came in between, it
+  *is* the final result (no second decode), and the final arrives as soon as the VAD confirms
+  the end.
 - An utterance longer than ``max_utterance_s`` is cut at its quietest recent 100 ms.
 - In "auto" mode the language is taken from the first utterance of at least 1 s (read off the
   encoder pass the decode makes anyway) and kept for the rest of the stream.
@@ -209,7 +212,7 @@ class WhisperStream:
             # A pause: decode once it has lasted PAUSE_TRIGGER (that decode is likely the
             # final), not for the partial timer a moment before (unless the "pause" drags on).
             if self._pause_decode_due(utterance, quiet_since):
-                return self._partial(utterance)
+                return self._partial(utterance, final_quality=True)
             if new_audio < 2 * self._interval:
                 return []
         if not self._partials or new_audio < self._interval:
@@ -227,10 +230,14 @@ class WhisperStream:
 
     @staticmethod
     def _covers(utterance: _Utterance, end: int) -> bool:
-        return utterance.decoded_end is not None and utterance.decoded_end >= end - REUSE_TOLERANCE
+        """The last decode can stand as the final up to ``end``: it reaches that far and was
+        made with the full window (a partial's shorter window is not final quality)."""
+        return (utterance.decoded_end is not None and utterance.last is not None
+                and utterance.last.full_window
+                and utterance.decoded_end >= end - REUSE_TOLERANCE)
 
-    def _partial(self, utterance: _Utterance) -> list[Hypothesis]:
-        decoded = self._decode(utterance.start, self._clock)
+    def _partial(self, utterance: _Utterance, *, final_quality: bool = False) -> list[Hypothesis]:
+        decoded = self._decode(utterance.start, self._clock, partial=not final_quality)
         self.stats.partial_decodes += 1
         utterance.decoded_end = utterance.since = self._clock
         utterance.last = decoded
@@ -261,10 +268,10 @@ class WhisperStream:
         audio = self._audio.view(utterance.start, end).copy()
         return [self._hypothesis(utterance, decoded, True, end, audio)]
 
-    def _decode(self, begin: int, end: int) -> Decoded:
+    def _decode(self, begin: int, end: int, *, partial: bool = False) -> Decoded:
         decoded = self._engine.decode(
             self._audio.view(begin, end), self._language,
-            previous_text=self._previous_text if self._condition else "")
+            previous_text=self._previous_text if self._condition else "", partial=partial)
         self.stats.decodes += 1
         self.stats.decode_seconds += decoded.compute_s
         return decoded

@@ -1,0 +1,169 @@
+"""Cross-session batching of Whisper utterance decodes.
+
+Every session's stream calls :meth:`WhisperEngine.decode` from its own executor thread and
+waits for the text. Instead of each call running the model on its own (CTranslate2 runs one
+call at a time per worker, so concurrent finals used to queue behind each other while the
+model worked on a batch of one), the calls meet in a :class:`DecodeBatcher`:
+
+- The first caller to find the model idle becomes the *leader*: if other decodes were asked
+  for recently it waits up to ``gather_s`` (a few milliseconds, bounded) for more to arrive,
+  then takes a batch off the queue and runs it as one engine call (one batched encoder pass,
+  one batched generate). Calls that arrive while a batch runs queue up and go together in the
+  next one; the leader keeps leading until its own request is done, then hands over.
+- Finals before partials: while any final is waiting, a batch holds only finals.
+- A batch holds requests that the model can run together: the same length of previous-text
+  prompt (CTranslate2 wants the start token at the same position in every row) and, for
+  finals, the same encoder window. Partials (whose window is only a speed trick) run at the
+  largest window among them.
+- Batching does not change text: each row of a batched CTranslate2 call computes what the
+  same row computes alone (greedy decoding; tested), and every request keeps its own token
+  budget, so a batch-mate's longer budget never lengthens its text.
+
+No thread of its own: the leader is one of the callers (an executor worker, already niced
+below the event loop), so there is nothing to start or stop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+RECENT_S = 1.0  # decodes asked for within this long mean others may be on their way
+
+
+@dataclass(eq=False)
+class DecodeRequest:
+    """One utterance to decode, and (once ``done``) its result."""
+
+    audio: np.ndarray
+    window: int  # mel frames the encoder should see (a partial may get more)
+    language: str | None  # None: detect it from the encoder output
+    previous: list[int]  # the previous-text prompt ([sot_prev, *tokens]) or []
+    budget: int  # new tokens at most
+    final: bool  # a final (or file) result: goes first, never padded to another window
+    submitted: float = field(default_factory=time.perf_counter)
+    # results
+    tokens: list[int] = field(default_factory=list)
+    score: float = 0.0
+    no_speech_prob: float = 1.0
+    language_probability: float = 1.0
+    window_used: int = 0
+    batch_size: int = 0
+    done: bool = False
+    error: BaseException | None = None
+
+    def fits(self, other: DecodeRequest) -> bool:
+        """Whether ``other`` can share a batch led by this request."""
+        if len(other.previous) != len(self.previous) or other.final != self.final:
+            return False
+        return not self.final or other.window == self.window
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    requests: int = 0
+    largest: int = 0
+    gather_waits: int = 0
+
+    @property
+    def mean_size(self) -> float:
+        return self.requests / self.batches if self.batches else 0.0
+
+
+class DecodeBatcher:
+    """Gathers decode requests from many threads into batched engine calls (see the module
+    docstring). ``run_batch`` fills in each request's results; an exception it raises goes to
+    every request of that batch."""
+
+    def __init__(self, run_batch: Callable[[list[DecodeRequest]], None], *,
+                 max_batch: int = 8, gather_s: float = 0.01) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.gather_s = max(0.0, gather_s)
+        self._cond = threading.Condition()
+        self._queue: list[DecodeRequest] = []
+        self._leading = False
+        self._recent: deque[float] = deque(maxlen=4)
+        self.stats = BatchStats()
+
+    @property
+    def busy(self) -> bool:
+        """A batch is running or requests are waiting: a new decode would queue."""
+        return self._leading or bool(self._queue)
+
+    def submit(self, request: DecodeRequest) -> DecodeRequest:
+        """Queue ``request`` and return once it is decoded (raises the batch's error)."""
+        with self._cond:
+            now = time.perf_counter()
+            others_recently = bool(self._recent) and now - self._recent[-1] < RECENT_S
+            self._recent.append(now)
+            self._queue.append(request)
+            self._cond.notify_all()
+            while not request.done:
+                if self._leading:
+                    self._cond.wait()
+                    continue
+                self._leading = True
+                try:
+                    if others_recently or len(self._queue) > 1:
+                        self._gather()
+                    others_recently = True  # after the first batch, gather each time
+                    batch = self._take()
+                    self._cond.release()
+                    try:
+                        self._execute(batch)
+                    finally:
+                        self._cond.acquire()
+                finally:
+                    self._leading = False
+                    self._cond.notify_all()
+        if request.error is not None:
+            raise request.error
+        return request
+
+    # ------------------------------------------------------------------ leader side (lock held)
+
+    def _gather(self) -> None:
+        """Wait (bounded) for more requests to join, unless the batch is full already."""
+        if self.gather_s <= 0 or self.max_batch == 1:
+            return
+        deadline = time.perf_counter() + self.gather_s
+        waited = False
+        while len(self._queue) < self.max_batch:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            waited = True
+            self._cond.wait(left)
+        self.stats.gather_waits += waited
+
+    def _take(self) -> list[DecodeRequest]:
+        finals = [r for r in self._queue if r.final]
+        pool = finals or self._queue
+        head = pool[0]
+        batch = [r for r in pool if head.fits(r)][:self.max_batch]
+        taken = set(map(id, batch))
+        self._queue = [r for r in self._queue if id(r) not in taken]
+        return batch
+
+    def _execute(self, batch: list[DecodeRequest]) -> None:
+        try:
+            self._run_batch(batch)
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
+            for request in batch:
+                request.error = exc
+        with self._cond:
+            for request in batch:
+                request.batch_size = len(batch)
+                request.done = True
+            self.stats.batches += 1
+            self.stats.requests += len(batch)
+            self.stats.largest = max(self.stats.largest, len(batch))

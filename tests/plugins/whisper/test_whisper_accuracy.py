@@ -1,0 +1,177 @@
+"""Accuracy by default: full-window finals, repeated sentences repaired, batching text-neutral."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asrhub_plugins.whisper.batching import DecodeRequest
+from asrhub_plugins.whisper.engine import FULL_WINDOW, WhisperEngine, token_budget
+from asrhub_plugins.whisper.settings import WhisperSettings
+from asrhub_plugins.whisper.text import collapse_repeated_sentences, has_repeated_sentence
+
+# A real clip on which the default (10 s) window made Whisper base, told the language is
+# English, write the same clause twice ("... the red-faced man in the desert, the red-faced man
+# in the desert,"), as "Please call Stella. Please call Stella." came from a 4.6 s clip; the
+# full window writes it once.
+REPEATING = "zh/funasr_csharp_example_2.wav"
+CLIPS = [
+    "en/pocketsphinx_librivox_ss01_0870.wav",
+    "en/speechbrain_example1.wav",
+    "en/pocketsphinx_librivox_ss01_0880.wav",
+    "en/speechbrain_spk1_snt1.wav",
+    "en/pocketsphinx_librivox_ss01_0890.wav",
+    "en/pocketsphinx_cards_005.wav",
+]
+
+
+# ---------------------------------------------------------------------- repeat repair (unit)
+
+@pytest.mark.parametrize(("text", "repaired"), [
+    ("Please call Stella. Please call Stella.", "Please call Stella."),
+    ("Please call Stella. Please call Stella", "Please call Stella"),
+    ("Please call Stella, please call Stella. Ask her to bring these things.",
+     "Please call Stella. Ask her to bring these things."),
+    ("the red-faced man in the desert, the red-faced man in the desert,",
+     "the red-faced man in the desert,"),
+    ("One two three. Four five six. One two three. Four five six.", "One two three. Four five six."),
+    ("A b c. A b c. A b c.", "A b c."),
+    ("开放时间早上九点，开放时间早上九点。", "开放时间早上九点。"),
+])
+def test_repeated_sentences_are_kept_once(text: str, repaired: str) -> None:
+    assert has_repeated_sentence(text)
+    assert collapse_repeated_sentences(text) == repaired
+    assert not has_repeated_sentence(repaired)
+
+
+@pytest.mark.parametrize("text", [
+    "No, no.",  # short repeats are often really said
+    "5 5",
+    "He said go go go now.",
+    "Hello there. How are you?",
+    "Please call Stella. Please call Stella's brother.",
+    "我想问一下",
+    "",
+])
+def test_text_without_a_repeated_sentence_is_unchanged(text: str) -> None:
+    assert not has_repeated_sentence(text)
+    assert collapse_repeated_sentences(text) == text
+
+
+# ---------------------------------------------------------------------- real model, real clips
+
+@pytest.mark.slow
+def test_the_clip_that_came_back_twice_comes_back_once(base: WhisperEngine, base_dir: Path,
+                                                       clip) -> None:
+    """What ``asrhub transcribe --language en`` runs, on a real clip that repeated a clause."""
+    audio = clip(REPEATING)
+    text = base.transcribe(audio, language="en").text
+    assert text and not has_repeated_sentence(text), text
+    # The file path decodes with the full window, as adaptive_window = false would...
+    full = WhisperEngine(WhisperSettings(adaptive_window=False), state_dir=base_dir)
+    try:
+        assert full.transcribe(audio, language="en").text == text
+    finally:
+        full.close()
+    # ...and a partial (short window) that repeats is decoded again with the full window.
+    partial = base.decode(audio, "en", partial=True)
+    assert partial.window == FULL_WINDOW and partial.text == text
+
+
+def test_finals_use_the_full_window_and_partials_the_short_one(tiny: WhisperEngine, clip) -> None:
+    audio = clip(CLIPS[1])
+    assert tiny.decode(audio, "en").window == FULL_WINDOW
+    assert tiny.transcribe(audio, language="en").segments[0].text == tiny.decode(audio, "en").text
+    assert tiny.decode(audio, "en", partial=True).window < FULL_WINDOW
+
+
+def test_stream_finals_are_full_window_decodes(tiny: WhisperEngine, clip) -> None:
+    audio = np.concatenate([np.zeros(8000, np.float32), clip(CLIPS[0]), np.zeros(16000, np.float32)])
+    stream = tiny.open_stream()
+    finals = []
+    for begin in range(0, len(audio), 1024):
+        finals += [h for h in stream.accept(audio[begin:begin + 1024]) if h.is_final]
+    finals += [h for h in stream.finish() if h.is_final]
+    assert len(finals) == 1
+    utterance = audio[int(finals[0].start * 16000):int(finals[0].end * 16000)]
+    assert finals[0].text == tiny.decode(utterance, "en").text
+
+
+# ---------------------------------------------------------------------- batching
+
+def _request(engine: WhisperEngine, audio: np.ndarray, *, partial: bool = False) -> DecodeRequest:
+    return DecodeRequest(audio=audio, window=FULL_WINDOW if not partial else 1000,
+                         language=None if engine.multilingual else "en", previous=[],
+                         budget=token_budget(len(audio) / 16000), final=not partial)
+
+
+@pytest.mark.slow
+def test_a_batched_engine_call_gives_the_text_of_one_by_one_calls(tiny: WhisperEngine, clip) -> None:
+    audios = [clip(name) for name in CLIPS]
+    alone = []
+    for audio in audios:
+        request = _request(tiny, audio)
+        tiny._run_batch([request])
+        alone.append(request.tokens)
+    together = [_request(tiny, audio) for audio in audios]
+    tiny._run_batch(together)
+    assert [r.tokens for r in together] == alone
+    assert all(alone)
+
+
+@pytest.mark.slow
+def test_concurrent_decodes_are_batched_and_keep_their_text(tmp_path: Path, clip) -> None:
+    engine = WhisperEngine(WhisperSettings(model="tiny.en", batch_gather_ms=200, max_batch=4),
+                           state_dir=tmp_path)
+    try:
+        audios = [clip(name) for name in CLIPS]
+        one_by_one = [engine.decode(audio, "en").text for audio in audios]
+        results: list = [None] * len(audios)
+        start = threading.Barrier(len(audios))
+
+        def decode(index: int) -> None:
+            start.wait()
+            results[index] = engine.decode(audios[index], "en")
+
+        threads = [threading.Thread(target=decode, args=(i,)) for i in range(len(audios))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert [r.text for r in results] == one_by_one
+        assert max(r.batch_size for r in results) > 1
+        assert engine.batcher.stats.largest <= 4
+    finally:
+        engine.close()
+
+
+def test_finals_go_before_partials_and_batches_stay_compatible(tiny: WhisperEngine) -> None:
+    from asrhub_plugins.whisper.batching import DecodeBatcher
+
+    ran: list[list[DecodeRequest]] = []
+    batcher = DecodeBatcher(ran.append, max_batch=2, gather_s=0)
+    audio = np.zeros(16000, np.float32)
+    partial = _request(tiny, audio, partial=True)
+    prompted = _request(tiny, audio)
+    prompted.previous = [1, 2, 3]
+    finals = [_request(tiny, audio) for _ in range(3)]
+    batcher._queue = [partial, prompted, *finals]
+    assert batcher._take() == [prompted]  # finals first; the oldest final leads
+    assert batcher._take() == finals[:2]  # max_batch
+    assert batcher._take() == [finals[2]]
+    assert batcher._take() == [partial]
+
+
+def test_a_failing_batch_fails_each_of_its_callers(tiny: WhisperEngine) -> None:
+    from asrhub_plugins.whisper.batching import DecodeBatcher
+
+    def boom(batch: list[DecodeRequest]) -> None:
+        raise RuntimeError("model gone")
+
+    batcher = DecodeBatcher(boom)
+    with pytest.raises(RuntimeError, match="model gone"):
+        batcher.submit(_request(tiny, np.zeros(16000, np.float32)))
+    assert not batcher.busy
