@@ -64,6 +64,16 @@ def _same_host(origin: str, request: web.Request) -> bool:
     return origin_host == request_host or (origin_host in loopback and request_host in loopback)
 
 
+def _cors_headers(request: web.Request, origin: str) -> dict[str, str]:
+    headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    if request.method == "OPTIONS":  # a preflight: what the real request may carry
+        headers.update({"Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                        "Access-Control-Allow-Headers": request.headers.get(
+                            "Access-Control-Request-Headers", "")[:512],
+                        "Access-Control-Max-Age": "600"})
+    return headers
+
+
 def _guard_middleware(state: ListenerState) -> Callable:
     """Token and Origin checks before any handler (so before any audio is accepted), and the
     request's log context. Reads ``state`` on every request, so a reload applies at once."""
@@ -72,10 +82,19 @@ def _guard_middleware(state: ListenerState) -> Callable:
     async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         token = state.token
         origins = state.allowed_origins
-        if token and not _token_ok(request, token) and not state.is_public(request.path):
-            return state.refuse(401, "unauthorized", "a valid token is required (Authorization: "
-                                                     "Bearer <token> or ?token=)")
         origin = request.headers.get("Origin")
+        # An allowed origin (listed, or the hub's own pages on another port of this host) may
+        # read the answers: the demo page uploads to the OpenAI API port, for one.
+        cors = origin if origin is not None and (
+            "*" in origins or origin in origins or (not origins and _same_host(origin, request))) else None
+        if cors and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return web.Response(status=204, headers=_cors_headers(request, cors))
+        if token and not _token_ok(request, token) and not state.is_public(request.path):
+            refusal = state.refuse(401, "unauthorized", "a valid token is required (Authorization: "
+                                                        "Bearer <token> or ?token=)")
+            if cors:
+                refusal.headers.update(_cors_headers(request, cors))
+            return refusal
         if origin is not None and "*" not in origins and origin not in origins:
             upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
             # Listed origins only; without a list, the hub's own pages (same host) only. Plain
@@ -83,7 +102,10 @@ def _guard_middleware(state: ListenerState) -> Callable:
             if (origins or upgrade or request.method not in ("GET", "HEAD", "OPTIONS")) \
                     and not (not origins and _same_host(origin, request)):
                 return state.refuse(403, "forbidden_origin", f"origin {origin} is not allowed")
-        return await handler(request)
+        response = await handler(request)
+        if cors and not response.prepared:  # (a WebSocket or a stream has sent its headers)
+            response.headers.update(_cors_headers(request, cors))
+        return response
 
     return guard
 
