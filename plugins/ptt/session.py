@@ -92,6 +92,7 @@ class PTTSession(Session):
         self._flush: asyncio.TimerHandle | None = None
         self._last_message = time.monotonic()
         self._idle_task: asyncio.Task | None = None
+        self._stop_task: asyncio.Future | None = None
 
     # ------------------------------------------------------------------ the kit's entry points
 
@@ -113,7 +114,10 @@ class PTTSession(Session):
         elif message.command == "start":
             await self._start()
         elif message.command == "stop":
-            await self._stop()
+            # Shielded: a shutdown that stops reading mid-stop lets the final go out (on_close
+            # waits for it) instead of abandoning the engine call half-way.
+            self._stop_task = asyncio.ensure_future(self._stop())
+            await asyncio.shield(self._stop_task)
         else:
             await self._reset()
 
@@ -126,6 +130,11 @@ class PTTSession(Session):
         """The connection ends. At shutdown a hold in progress gets its final first."""
         if self._idle_task is not None and self._idle_task is not asyncio.current_task():
             self._idle_task.cancel()
+        if self._stop_task is not None and not self._stop_task.done():
+            try:  # a stop in progress when reading stopped: its final goes out first
+                await self._stop_task
+            except Exception:  # noqa: BLE001 - reported (or not) by the stop itself
+                pass
         if self.state is State.RECORDING and info.shutdown and not self._failed:
             try:
                 await self._stop()

@@ -110,6 +110,7 @@ class StreamingSession(Session):
         self._idle_task: asyncio.Task | None = None
         self._fail_task: asyncio.Task | None = None
         self._grace_task: asyncio.Task | None = None
+        self._command_task: asyncio.Future | None = None
         self._stop_received = 0.0
         self._engine_failed = False
         self._last_final = ""
@@ -126,6 +127,12 @@ class StreamingSession(Session):
 
     async def on_text(self, text: str) -> None:
         command = m.parse_command(text)  # a ProtocolError is answered by the kit
+        # Shielded: a shutdown that stops reading mid-command lets it finish (a stop's final
+        # goes out); on_close waits for it through the lock.
+        self._command_task = asyncio.ensure_future(self._command(command))
+        await asyncio.shield(self._command_task)
+
+    async def _command(self, command: m.Command) -> None:
         async with self._lock:
             if self.state is State.CLOSED:
                 return
@@ -179,6 +186,11 @@ class StreamingSession(Session):
     async def on_close(self, info: CloseInfo) -> None:
         """The connection ends. At server shutdown a session in progress gets its final (for
         the audio already received) and session_ended first."""
+        if self._command_task is not None and not self._command_task.done():
+            try:  # a command in progress when reading stopped (a stop: its final goes out)
+                await self._command_task
+            except Exception:  # noqa: BLE001 - answered by the kit, or moot now
+                pass
         if info.shutdown:
             async with self._lock:  # a grace or idle end already finishing keeps it
                 if self.state in (State.ACTIVE, State.STOPPING) and self._pump is not None:

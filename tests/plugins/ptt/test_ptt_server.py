@@ -551,3 +551,32 @@ async def test_one_connection_is_one_closed_session_in_the_metrics():
         metrics = hub.metrics.render().decode()
         assert 'asrhub_sessions_total{protocol="ptt"} 2.0' in metrics
         assert 'asrhub_audio_seconds_total{protocol="ptt"} 4.0' in metrics
+
+
+async def test_shutdown_during_a_stop_still_sends_its_final():
+    hub = make_hub({"protocols": {"ptt": {}}, "engines": {"fake": {"delay_s": 0.2}}},
+                   only=["ptt"], fake_engines=True)
+    srv_cm = running_server(hub)
+    srv = await srv_cm.__aenter__()
+    stopped = False
+    try:
+        async with websockets.connect(url(srv)) as ws:
+            await recv_json(ws)
+            await ws.send(control("start"))
+            for _ in range(4):  # 0.5 s each; engine calls of 0.2 s queued behind the stop
+                await ws.send(audio_msg(bytes(16000)))
+            await ws.send(control("stop"))
+            await asyncio.sleep(0.1)  # the stop is waiting for the engine
+            await srv_cm.__aexit__(None, None, None)
+            stopped = True
+            seen = []
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                while True:
+                    seen.append(await recv_json(ws, 10))
+            assert info.value.rcvd.code == 1001
+            finals = [m for m in seen if m.get("mode") == "final"]
+            assert len(finals) == 1 and finals[0]["text"] == "w1 w2 w3 w4", seen
+            assert "error" not in [m["type"] for m in seen], seen
+    finally:
+        if not stopped:
+            await srv_cm.__aexit__(None, None, None)
