@@ -164,3 +164,13 @@ async def test_pump_min_chunk_batches_frames_until_flushed(executor):
     await pump.reset()  # queued audio dropped, nothing hangs
     assert sum(stream.accepted) == 19200 and pump.backlog_seconds == 0
     await pump.close()
+
+
+def test_recording_channel_offers_what_a_channel_offers():
+    from asrhub.protocol import Channel
+
+    public = {name for name in dir(Channel) if not name.startswith("_")}
+    instance_attrs = {"protocol", "conn_id", "peer", "opened", "close_reason", "close_code",
+                      "errors_sent"}
+    missing = {name for name in public | instance_attrs if not hasattr(RecordingChannel(), name)}
+    assert not missing, f"RecordingChannel lacks {sorted(missing)}"
