@@ -7,8 +7,8 @@ Each client is a Home Assistant voice satellite: ``transcribe`` {language: en},
 0.5 s of quiet after the speech (the client's own end-of-speech detection), ``audio-stop``;
 the latency is ``audio-stop`` → ``transcript``. 1, 4 and 8 clients start together; every
 request is a different real recording of shared/testdata with a human reference (WER over
-all of a server's transcripts). The two servers take turns level by level (interleaved, so a
-burst of load from elsewhere hits both), each idle while the other is measured. RSS is the
+all of a server's transcripts). The two servers take turns round by round (the order
+alternating, so a burst of load from elsewhere hits both), each idle while the other runs. RSS is the
 server process's (VmRSS after each level, VmHWM peak), CPU its user+system time.
 
 wyoming-bench (PyPI) was looked at first: it sends one request at a time and times from the
@@ -121,6 +121,13 @@ class Server:
                 self.proc.wait(10)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the bench process dies, however it dies (Linux prctl)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     from asrhub.testing import free_port as free
 
@@ -146,8 +153,8 @@ def start_asrhub(model: str, tmp: Path) -> Server:
     config.write_text("\n".join(lines) + "\n")
     exe = shutil.which("asrhub", path=str(Path(sys.executable).parent)) or "asrhub"
     log = tmp / f"asrhub-{model}.log"
-    proc = subprocess.Popen([exe, "serve", "--config", str(config)],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([exe, "serve", "--config", str(config)], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     return Server("asrhub", port, proc, log)
 
 
@@ -161,7 +168,7 @@ def start_reference(model: str, tmp: Path) -> Server:
         [str(exe), "--uri", f"tcp://127.0.0.1:{port}", "--model", str(model_dir(model)),
          "--data-dir", str(data), "--local-files-only", "--stt-library", "faster-whisper",
          "--beam-size", "1", "--cpu-threads", "2", "--compute-type", "int8", "--language", "en"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     return Server("wyoming-faster-whisper", port, proc, log)
 
 
@@ -240,23 +247,28 @@ class Level:
     rss: float = 0.0
     peak: float = 0.0
     cpu: float = 0.0
-    load: str = ""
+    loads: list[float] = field(default_factory=list)  # 1-minute load average after each round
+
+    @property
+    def load(self) -> str:
+        return f"{min(self.loads):.1f}-{max(self.loads):.1f}" if self.loads else "?"
 
     def percentile(self, q: float) -> float:
         values = sorted(r.latency for r in self.requests)
         return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def run_level(server: Server, clients: int, rounds: int, clips: list[Clip],
-                    offset: int) -> Level:
-    level = Level(server.label, clients, load=uptime())
+async def run_round(server: Server, level: Level, batch: list[Clip]) -> None:
+    """``len(batch)`` clients at once against one server; CPU and memory read around it."""
     cpu_before = proc_stat(server.proc.pid)[2]
-    for r in range(rounds):
-        batch = [clips[(offset + r * clients + k) % len(clips)] for k in range(clients)]
-        level.requests += await asyncio.gather(*(one_request(server.port, c) for c in batch))
+    level.requests += await asyncio.gather(*(one_request(server.port, c) for c in batch))
     level.rss, level.peak, cpu_after = proc_stat(server.proc.pid)
-    level.cpu = cpu_after - cpu_before
-    return level
+    level.cpu += cpu_after - cpu_before
+    level.loads.append(load_average())
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
 
 
 def uptime() -> str:
@@ -288,13 +300,20 @@ async def bench_model(model: str, levels: list[int], rounds: dict[int, int], cli
             await one_request(server.port, clips[0])
             loaded[server.label] = proc_stat(server.proc.pid)[0]
         for i, clients in enumerate(levels):
-            order = servers if i % 2 == 0 else servers[::-1]
-            for server in order:
-                level = await run_level(server, clients, rounds[clients], clips, offset=i * 7)
+            # Round by round, the servers take turns (the order alternating), so both meet the
+            # same background load; the same recordings go to both.
+            levels_now = {server.label: Level(server.label, clients) for server in servers}
+            for r in range(rounds[clients]):
+                batch = [clips[(i * 7 + r * clients + k) % len(clips)] for k in range(clients)]
+                for server in (servers if r % 2 == 0 else servers[::-1]):
+                    await run_round(server, levels_now[server.label], batch)
+            for server in servers:
+                level = levels_now[server.label]
                 results.append(level)
                 print(f"  {model:8} {server.label:24} x{clients}: p50 {level.percentile(50):.3f}"
                       f" p95 {level.percentile(95):.3f} s  WER {corpus_wer(level.requests):.3f}"
-                      f"  RSS {level.rss:.0f} MiB  | {level.load}", flush=True)
+                      f"  RSS {level.rss:.0f} MiB  CPU/req {level.cpu / len(level.requests):.2f} s"
+                      f"  | load {level.load}", flush=True)
     finally:
         for server in servers:
             server.stop()
@@ -313,8 +332,8 @@ def report(all_results: dict[str, tuple[list[Level], dict[str, float]]], levels:
         "`wyoming` package's AsyncTcpClient, 16 kHz int16 in 1024-sample chunks paced at real "
         f"time, {TRAILING_QUIET_S} s of quiet after the speech, then audio-stop; latency = "
         "audio-stop → transcript. Every request is a different recording from shared/testdata "
-        "with a human reference; WER is over all of a level's transcripts. Levels interleave "
-        "the two servers (one idle while the other runs).",
+        "with a human reference; WER is over all of a level's transcripts. The servers take "
+        "turns round by round with the same recordings (one idle while the other runs).",
         "",
         "**The CPU (2 cores) is shared with other agents working on this machine at the same "
         "time**: absolute numbers move with their load (`uptime` below and per level); the "
@@ -326,11 +345,11 @@ def report(all_results: dict[str, tuple[list[Level], dict[str, float]]], levels:
     ]
     for model, (results, loaded) in all_results.items():
         lines += [f"## {model}", "",
-                  "| clients | server | requests | p50 s | p95 s | max s | WER | RSS MiB (idle → after) | peak RSS MiB | CPU s / request | load (uptime) |",
+                  "| clients | server | requests | p50 s | p95 s | max s | WER | RSS MiB (idle → after) | peak RSS MiB | CPU s / request | 1-min load during the level |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for level in results:
             n = len(level.requests)
-            load = level.load.split("load average:")[-1].strip()
+            load = level.load
             lines.append(
                 f"| {level.clients} | {level.server} | {n} | {level.percentile(50):.3f} | "
                 f"{level.percentile(95):.3f} | {max(r.latency for r in level.requests):.3f} | "
