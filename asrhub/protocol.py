@@ -419,7 +419,8 @@ class WebSocketRoute:
     """What a WebSocket protocol hands the core: ``open_session(channel, request)`` builds its
     session, ``error_message(err)`` is its error envelope (a dict sent as JSON, text, bytes or
     None for nothing), ``codes`` its codes for the core's own errors. A plain HTTP GET on the
-    path (no upgrade) goes to ``http_get`` if given, else gets 426 with a short usage note."""
+    path (no upgrade) goes to ``http_get`` if given, else gets 426 with a short usage note.
+    ``protocols``: WebSocket subprotocols the server selects when a client offers one."""
 
     path: str
     open_session: SessionFactory
@@ -427,6 +428,7 @@ class WebSocketRoute:
     codes: ErrorCodes
     http_get: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
     usage: str = ""
+    protocols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -566,7 +568,7 @@ class Transport:
             raise web.HTTPServiceUnavailable(text="server shutting down")
         limits = ctx.limits
         ws = web.WebSocketResponse(max_msg_size=limits.max_message_bytes * 4,
-                                   heartbeat=limits.heartbeat_s or None)
+                                   heartbeat=limits.heartbeat_s or None, protocols=route.protocols)
         if limits.heartbeat_s and limits.heartbeat_timeout_s:
             ws._pong_heartbeat = limits.heartbeat_timeout_s  # aiohttp has no public knob for it
         await ws.prepare(request)

@@ -71,4 +71,5 @@ def setup(ctx: ProtocolContext) -> None:
                                     observe_final_latency=ctx.observe_final_latency)
 
     ctx.websocket(WebSocketRoute(path="/", open_session=open_session,
-                                 error_message=m.error_envelope, codes=CODES, usage=USAGE))
+                                 error_message=m.error_envelope, codes=CODES, usage=USAGE,
+                                 protocols=("binary",)))

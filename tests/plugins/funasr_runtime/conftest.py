@@ -7,10 +7,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,7 @@ def write_config(tmp: Path, port: int, extra: list[str] | None = None) -> Path:
 
 
 class Serve:
-    """``asrhub serve --config <toml>`` as a child process, ready once its port accepts."""
+    """``asrhub serve --config <toml>`` as a child process, ready once /health says so."""
 
     def __init__(self, config: Path, port: int, log: Path) -> None:
         self.config, self.port, self.log = config, port, log
@@ -72,12 +72,11 @@ class Serve:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            try:  # ready = the engines are loaded (the port listens before that)
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                    return
             except OSError:
                 time.sleep(0.3)
-                continue
-            return
         raise AssertionError("the server did not start: " + self.log.read_text()[-3000:])
 
     def stop(self) -> None:

@@ -147,3 +147,11 @@ async def test_two_inputs_on_one_connection_and_odd_frames(url):
             assert words[:2] == reference(OTHER).lower().split()[:2], result
             assert (await receive(ws)) == {"mode": "offline", "wav_name": name,
                                            "is_final": True, "is_end": True}
+
+
+async def test_binary_subprotocol_is_selected(url):
+    """FunASR's client asks for the "binary" subprotocol; FunASR's server selects it."""
+    async with aiohttp.ClientSession() as session, await connect(session, url) as ws:
+        assert ws.protocol == "binary"
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        assert ws.protocol is None  # the HTML5 page offers none
