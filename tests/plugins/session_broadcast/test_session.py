@@ -51,6 +51,7 @@ def frames(path) -> list[np.ndarray]:
     return [audio[i:i + FRAME] for i in range(0, len(audio), FRAME)]
 
 
+@pytest.mark.slow
 async def test_a_whole_session(hub, recordings):
     session = make_session(hub)
     early, stuck, sender, late = peer(session), peer(session, stuck=True), peer(session), peer(session)

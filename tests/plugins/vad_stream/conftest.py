@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from asrhub.protocol import Channel, ProtocolContext, Transport
+from asrhub.protocol import ProtocolContext, Transport
 from asrhub.testing import manifest, testdata_dir
 
 RATE = 16000
@@ -70,30 +70,6 @@ async def recv_until(ws, predicate, timeout: float = 60.0) -> list[dict]:
         seen.append(message)
         if predicate(message):
             return seen
-
-
-class ListChannel(Channel):
-    """The kit's own :class:`Channel` (its outbox, its JSON encoding) writing into a list: a
-    session driven without a socket, as the core would drive it."""
-
-    def __init__(self, ctx: ProtocolContext, route: Any) -> None:
-        self.sent: list[Any] = []
-        self._gone = False
-        super().__init__(ctx, route, "127.0.0.1", 100_000)
-
-    def _transport_closed(self) -> bool:
-        return self._gone
-
-    async def _write(self, item: str | bytes) -> None:
-        self.sent.append(json.loads(item) if isinstance(item, str) else item)
-
-    async def _transport_close(self, code: int, reason: str) -> None:
-        self._gone = True
-
-    async def settle(self) -> None:
-        """Everything queued so far is in ``sent``."""
-        await self.flush()
-        await asyncio.sleep(0)
 
 
 def context(hub: Any, settings: Any) -> ProtocolContext:

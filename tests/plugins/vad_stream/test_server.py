@@ -124,6 +124,7 @@ class _SharedConnection:
         return opened()
 
 
+@pytest.mark.slow
 async def test_seed_python_streaming_client_with_a_realtime_sender(server):
     """客户端实现示例 (Python) listening while a sender streams 640-byte chunks every 20 ms."""
     client, printed = load_seed_client("seed_stream_client")
@@ -148,6 +149,7 @@ async def test_seed_python_streaming_client_with_a_realtime_sender(server):
     assert wer(transcript(CLIP_GO), result[0][len("识别结果: "):]) <= 0.25, result
 
 
+@pytest.mark.slow
 async def test_fast_sender_gets_every_segment_in_order(server):
     """Faster than real time (behaviour is the same: the VAD counts samples, not seconds)."""
     clips = [CLIP_NOT_ILL, CLIP_GO, CLIP_AMIABLE]
@@ -300,6 +302,7 @@ async def test_register_verify_accept_and_reject(server):
         assert not any(m["type"] == "speaker_verify_result" for m in seen)
 
 
+@pytest.mark.slow
 async def test_a_new_server_on_the_same_state_keeps_the_speaker(server, state_dir):
     """Registered in the module's server (the test above); a fresh hub reads it back."""
     async with websockets.connect(ws_url(server)) as ws:  # make sure spk1 exists even alone
@@ -536,22 +539,25 @@ async def test_no_number_sample_rates_and_lone_surrogates_leave_the_connection_u
             assert await recv_json(ws) == {"type": "pong"}
 
 
-async def test_check_config_refuses_what_serve_refuses(tmp_path):
-    """vad_stream's cross-field checks (an engine the settings need) run in check-config."""
-    import subprocess
-    import sys
+async def test_check_config_refuses_what_serve_refuses(tmp_path, capsys):
+    """vad_stream's cross-field checks (an engine the settings need) run in check-config (the
+    CLI's own entry point, in process), exactly as serve runs them when it builds the hub."""
+    from asrhub.cli import main
+    from asrhub.config import ConfigError
 
     config = tmp_path / "asrhub.toml"
-    config.write_text("[protocols.vad_stream]\nns_enabled = true\n", encoding="utf-8")
-    asrhub = [sys.executable, "-m", "asrhub.cli", "check-config", "--config", str(config)]
-    done = subprocess.run(asrhub, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "ns_enabled" in done.stderr + done.stdout, done
-    config.write_text("[protocols.vad_stream]\nns_enabled = true\nns_engine = \"rnnoise\"\n",
-                      encoding="utf-8")
-    done = subprocess.run(asrhub, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done
-    config.write_text("[protocols.vad_stream]\nenabled = false\nns_enabled = true\n", encoding="utf-8")
-    assert subprocess.run(asrhub, capture_output=True, timeout=120).returncode == 0  # not served
+
+    def check(text: str) -> int:
+        config.write_text(text, encoding="utf-8")
+        return main(["check-config", "--config", str(config)])
+
+    assert check("[protocols.vad_stream]\nns_enabled = true\n") == 2
+    assert "ns_enabled needs a noise suppressor" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="ns_enabled"):  # what serve builds: the same hub
+        hub_for(tmp_path / "state", ns_enabled=True)
+    assert check("[protocols.vad_stream]\nns_enabled = true\nns_engine = \"rnnoise\"\n") == 0
+    assert check("[protocols.vad_stream]\nenabled = false\nns_enabled = true\n") == 0  # not served
+    assert check("[protocols.vad_stream]\nasr_engine = \"nope\"\n") == 2
 
 
 async def test_a_second_anonymous_client_cannot_replace_a_voiceprint(server):

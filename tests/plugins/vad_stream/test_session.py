@@ -9,9 +9,9 @@ import pytest
 import pytest_asyncio
 
 from asrhub.hub import Hub
-from asrhub.protocol import ProtocolError
-from asrhub.testing import make_hub, wer
-from asrhub_plugins.vad_stream.handler import route
+from asrhub.protocol import CloseInfo
+from asrhub.testing import RecordingChannel, make_hub, wer
+from asrhub_plugins.vad_stream.messages import CODES, error_message
 from asrhub_plugins.vad_stream.session import Mode, VadStreamSession
 from asrhub_plugins.vad_stream.settings import VadStreamSettings
 
@@ -20,7 +20,6 @@ from .conftest import (
     CLIP_GO,
     CLIP_NOT_ILL,
     ENGINES,
-    ListChannel,
     chunks,
     command,
     context,
@@ -45,44 +44,34 @@ async def hub(tmp_path_factory: pytest.TempPathFactory):
 
 
 class Driver:
-    """One session on a :class:`ListChannel`, fed a list of messages; ``out`` is everything it
-    sent. A protocol error raised while handling a message is sent the way the core does."""
+    """One session on the shared :class:`~asrhub.testing.RecordingChannel`, fed a list of
+    messages as the kit's receive loop hands them over (what a handler raises becomes the
+    seed's error, mapped as the core maps it); ``out`` is everything the session sent."""
 
     def __init__(self, hub: Hub, **overrides: Any) -> None:
         self.settings = dataclasses.replace(VadStreamSettings(), **overrides)
         self.ctx = context(hub, self.settings)
-        self.hub = hub
 
     @property
     def out(self) -> list[dict]:
         return self.channel.sent
 
     async def __aenter__(self) -> Driver:
-        self.channel = ListChannel(self.ctx, route(self.ctx))
-        self.session = VadStreamSession(self.channel, self.ctx, self.settings)
+        self.channel = RecordingChannel(error_message, codes=CODES, protocol="vad_stream")
+        self.session = VadStreamSession(self.channel, self.ctx, self.settings)  # type: ignore[arg-type]
         await self.session.on_open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        from asrhub.protocol import CloseInfo
-
         await self.session.on_close(CloseInfo("client closed"))
-        await self.channel.close()
 
     async def feed(self, *messages: str | bytes | list) -> list[dict]:
         """Feed messages (a list is fed item by item), wait for all work; return what was sent."""
         start = len(self.out)
         for message in messages:
             for item in (message if isinstance(message, list) else [message]):
-                try:
-                    if isinstance(item, bytes):
-                        await self.session.on_binary(item)
-                    else:
-                        await self.session.on_text(item)
-                except ProtocolError as err:
-                    self.channel.send_error(err)
+                await self.channel.deliver(self.session, item)
         await self.session.drain()
-        await self.channel.settle()
         return self.out[start:]
 
 
@@ -153,6 +142,7 @@ async def test_verify_enable_without_user_is_15(hub):
 # ---------------------------------------------------------------------------- recognition
 
 
+@pytest.mark.slow
 async def test_streaming_gives_vad_events_then_one_result_per_segment(hub):
     async with Driver(hub) as d:
         # Each utterance is drained before the next, as a real-time sender would see it.
@@ -262,18 +252,15 @@ async def test_leaving_streaming_mid_speech_closes_the_segment(hub):
 
 async def test_streaming_backlog_is_bounded(hub):
     async with Driver(hub, max_backlog_s=1.0) as d:
-        refused = []
         for _ in range(3):  # queued at once: the VAD task gets no turn in between
-            try:
-                await d.session.on_binary(silence(0.4))
-            except ProtocolError as err:
-                refused.append(err)
+            await d.channel.deliver(d.session, silence(0.4))
         await d.session.drain()
-        assert [int(e.code) for e in refused] == [2] and "backlog" in refused[0].message
+        assert codes(d.out) == [2] and "backlog" in d.out[0]["message"]
         assert d.session.audio_seconds == pytest.approx(0.8)
         assert await d.feed(command("ping")) == [{"type": "pong"}]
 
 
+@pytest.mark.slow
 async def test_noise_suppression_when_enabled(hub):
     """NS_ENABLED: streaming audio goes through the denoiser's stream before the VAD, batch
     audio through its whole-recording path; speech still comes out as text."""
