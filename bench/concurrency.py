@@ -38,9 +38,19 @@ audio, and the StreamPump backlog (audio queued or in accept) sampled every 0.2 
 "Keeps up" = final p95 <= 1.0 s, every utterance got a final, and no growing backlog (the mean
 backlog over the last third of the run is not more than 0.5 s above the first third's).
 
+``--stop-each``: every sentence is its own session that ends with ``stop`` (``pump.finish()``)
+sent right after the last chunk of the sentence (its trailing quiet trimmed), so the final
+always needs a decode after ``stop``: the latency is stop → final, the case of a push-to-talk
+or a client that stops when the speaker does. The next session of that stream opens after the
+1.2 s gap. ``--workers``: executor workers (default: one per stream, at least 2): a stream's
+decode waits in its executor thread, so concurrent decodes can only be batched across as many
+sessions as there are workers.
+
     .venv/bin/python bench/concurrency.py --model tiny.en --streams 6 --out -
     .venv/bin/python bench/concurrency.py --model base --sweep 1,2,4,6 --seconds 30 \
         --out bench/results/concurrency.md      # (the default) replaces the "base" section
+    .venv/bin/python bench/concurrency.py --model tiny.en --stop-each --systems hub \
+        --sweep 1,8,12,16 --seconds 30
 """
 
 from __future__ import annotations
@@ -263,6 +273,9 @@ class StreamRecord:
     feeding: bool = False
     fed_to: int = 0  # samples fed
     stream: Any = None  # WhisperStream or RedecodeStream (both keep .stats)
+    # --stop-each: utterance index -> finals of its own session; streams of past sessions
+    sessions: dict[int, list[tuple[float, Hypothesis]]] = field(default_factory=dict)
+    closed_streams: list[Any] = field(default_factory=list)
 
     def wall(self, sample: int) -> float:
         return self.t0 + sample / SAMPLE_RATE
@@ -295,6 +308,7 @@ class PhaseResult:
     backlog_first: float
     backlog_last: float
     failures: list[str]
+    batches: str = "—"  # mean / largest decodes per engine call (asrhub's batcher)
 
     @property
     def latencies(self) -> np.ndarray:
@@ -342,7 +356,9 @@ def score(record: StreamRecord, phase_start: float) -> tuple[list[UtteranceResul
     utterances = record.timeline.utterances
     matched: dict[int, list[tuple[float, Hypothesis]]] = {i: [] for i in range(len(utterances))}
     extra = 0
-    for arrival, hyp in record.finals:
+    for index, finals in record.sessions.items():  # --stop-each: a session per utterance
+        matched[index] = finals
+    for arrival, hyp in record.finals if not record.sessions else ():
         begin, end = hyp.start * SAMPLE_RATE, hyp.end * SAMPLE_RATE
         overlaps = [min(end, u.end) - max(begin, u.start) for u in utterances]
         best = int(np.argmax(overlaps))
@@ -365,7 +381,7 @@ def score(record: StreamRecord, phase_start: float) -> tuple[list[UtteranceResul
 
 
 async def run_phase(system: str, executor: InferenceExecutor, open_stream: Callable,
-                    timelines: list[Timeline]) -> PhaseResult:
+                    timelines: list[Timeline], stop_each: bool = False) -> PhaseResult:
     records = [StreamRecord(t) for t in timelines]
     lag = LoopLagMonitor()
     lag.start()
@@ -373,7 +389,48 @@ async def run_phase(system: str, executor: InferenceExecutor, open_stream: Calla
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
 
+    async def drive_sessions(index: int, record: StreamRecord) -> None:
+        """--stop-each: one session per utterance, stop right after its last chunk."""
+        record.t0 = start + index * STAGGER_S
+        audio = record.timeline.audio
+        for number, utterance in enumerate(record.timeline.utterances):
+            begin = max(0, utterance.start - int(LEAD_S * SAMPLE_RATE))
+            stream = await executor.run(open_stream)
+            record.stream = stream
+            finals = record.sessions.setdefault(number, [])
+
+            async def on_hypotheses(hyps: list[Hypothesis], finals=finals) -> None:
+                now = time.perf_counter()
+                for hyp in hyps:
+                    (finals if hyp.is_final else record.partials).append((now, hyp))
+
+            pump = StreamPump(executor, stream, on_hypotheses, engine="whisper",
+                              max_backlog_s=MAX_BACKLOG_S)
+            record.pump = pump
+            try:
+                for at in range(begin, utterance.end, CHUNK):
+                    chunk = audio[at:min(at + CHUNK, utterance.end)]
+                    delay = record.wall(at + len(chunk)) - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    try:
+                        pump.feed(chunk)
+                    except BacklogFull as exc:
+                        record.failed = f"stream {index}: backlog full ({exc})"
+                        return
+                    record.fed_to = at + len(chunk)
+                    record.feeding = True
+                await pump.finish()  # stop, right after the last word
+                record.fed_to = utterance.end
+            finally:
+                record.feeding = False
+                await pump.close()
+                record.closed_streams.append(stream)
+
     async def drive(index: int, record: StreamRecord) -> None:
+        if stop_each:
+            await drive_sessions(index, record)
+            return
         stream = await executor.run(open_stream)
         record.stream = stream
 
@@ -441,14 +498,20 @@ async def run_phase(system: str, executor: InferenceExecutor, open_stream: Calla
         system=system, streams=len(records),
         audio_s=sum(r.fed_to for r in records) / SAMPLE_RATE, wall_s=wall,
         cpu_s=(cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime),
-        decodes=sum(r.stream.stats.decodes for r in records if r.stream is not None),
-        decode_seconds=sum(r.stream.stats.decode_seconds for r in records if r.stream is not None),
+        decodes=sum(s.stats.decodes for r in records for s in _streams(r)),
+        decode_seconds=sum(s.stats.decode_seconds for r in records for s in _streams(r)),
         utterances=utterances, extra_finals=extra,
         partials_per_stream=float(np.mean([len(r.partials) for r in records])),
         partial_lags=partial_lags, loop_lag_ms=lag.summary_ms(),
         backlog_max=max((m for _, _, m in backlog_series), default=0.0),
         backlog_first=float(np.mean(first)), backlog_last=float(np.mean(last)),
         failures=[r.failed for r in records if r.failed])
+
+
+def _streams(record: StreamRecord) -> list[Any]:
+    if record.closed_streams:
+        return record.closed_streams
+    return [record.stream] if record.stream is not None else []
 
 
 # ---------------------------------------------------------------------- the run
@@ -467,8 +530,10 @@ class RunInfo:
 async def measure(args: argparse.Namespace, counts: list[int], info: RunInfo) -> None:
     if args.gil_switch_ms > 0:
         sys.setswitchinterval(args.gil_switch_ms / 1000)  # what Server.start does
+    workers = args.workers or max(2, max(counts))
     hub: Hub = make_hub({"server": {"state_dir": args.state_dir},
-                         "engines": {"whisper": {"model": args.model}}})
+                         "executor": {"workers": workers},
+                         "engines": {"whisper": {"model": args.model, **args.whisper}}})
     executor = hub.make_executor()
     engine = await hub.asr()
     vad = await hub.vad()
@@ -497,14 +562,18 @@ async def measure(args: argparse.Namespace, counts: list[int], info: RunInfo) ->
 
         systems.append(("re-decode baseline", open_baseline_stream))
 
+    batcher = getattr(engine, "batcher", None)
     try:
         for count in counts:
             timelines = [build_timeline(clips, i, args.seconds) for i in range(count)]
             results = []
             for name, opener in systems:
-                result = await run_phase(name, executor, opener, timelines)
+                result = await run_phase(name, executor, opener, timelines, args.stop_each)
                 results.append(result)
                 print_rows([result])
+                if batcher is not None and name == "asrhub":
+                    stats, batcher.stats = batcher.stats, type(batcher.stats)()
+                    result.batches = f"{stats.mean_size:.2f} / {stats.largest}"
                 if args.verbose:
                     for u in result.utterances:
                         print(f"    {u.spoken_at:6.1f}s  latency {u.latency}  wer {u.wer}  {u.text!r}")
@@ -520,7 +589,7 @@ async def measure(args: argparse.Namespace, counts: list[int], info: RunInfo) ->
 HEADER = ("| streams | system | utterances | missed | extra finals | final p50 s | final p95 s | final max s "
           "| partials / stream | partial lag p50 / p95 s | decodes / audio s | s / decode | WER "
           "| loop lag p50 / p99 / max ms | CPU s / audio s | backlog first → last third, max s "
-          "| keeps up |")
+          "| batch mean / max | keeps up |")
 
 
 def row(r: PhaseResult) -> str:
@@ -532,7 +601,7 @@ def row(r: PhaseResult) -> str:
             f"| {r.partials_per_stream:.1f} | {plag} | {r.decodes / r.audio_s:.2f} "
             f"| {r.decode_seconds / max(1, r.decodes):.2f} | {r.wer:.3f} "
             f"| {lag['p50']:.1f} / {lag['p99']:.1f} / {lag['max']:.1f} | {r.cpu_s / r.audio_s:.3f} "
-            f"| {r.backlog_first:.2f} → {r.backlog_last:.2f}, {r.backlog_max:.2f} "
+            f"| {r.backlog_first:.2f} → {r.backlog_last:.2f}, {r.backlog_max:.2f} | {r.batches} "
             f"| {'yes' if r.keeps_up else 'no: ' + ', '.join(r.shortfalls)} |")
 
 
@@ -576,7 +645,12 @@ silence between sentences, 0.3 s before the first; stream *i* starts with clip *
 (`make_hub` → `hub.make_executor()` → `engine.open_stream(language="en",
 vad=silero.open_stream())` → `StreamPump`), with a `LoopLagMonitor` on the loop and the server's
 GIL switch interval (1 ms). Whisper settings are the defaults (int8, 2 threads, 1 CTranslate2
-worker, beam 1, partials every 1 s); executor defaults (2 workers, nice 5).
+worker, beam 1, partials every 1 s, finals with the 30 s window, decodes batched across sessions
+up to 8) unless the section title names others; executor nice 5 with one worker per stream
+(`--workers`; at least 2) so that every stream's decode can join a batch. Sections titled "stop
+after each sentence" (`--stop-each`) make every sentence its own session, ended by `stop` right
+after its last word: there, *final* is stop → final. The machine is shared with other jobs
+(load average in each section): latencies are noisy, error rates are not.
 
 **Baseline** (`RedecodeStream`, same run, same N, same executor, same StreamPump and Silero
 VAD stream): every 1 s of new audio it decodes the whole current utterance with plain
@@ -630,6 +704,15 @@ def write_results(path: Path, info: RunInfo) -> None:
     path.write_text(FILE_HEADER + "\n".join(models + others))
 
 
+def _value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny.en", help="tiny.en, base or a CTranslate2 dir")
@@ -644,10 +727,20 @@ def main() -> None:
     parser.add_argument("--gil-switch-ms", type=float, default=1.0,
                         help="sys.setswitchinterval, as [server] gil_switch_interval_ms")
     parser.add_argument("--verbose", action="store_true", help="print every utterance")
+    parser.add_argument("--stop-each", action="store_true",
+                        help="a session per sentence, stop right after its last word")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="[executor] workers (default: one per stream, at least 2)")
+    parser.add_argument("--whisper", default="",
+                        help="extra [engines.whisper] settings, e.g. max_batch=1,adaptive_window=false")
     args = parser.parse_args()
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.whisper = {k.strip(): _value(v.strip()) for k, v in
+                    (item.split("=", 1) for item in args.whisper.split(",") if item.strip())}
     counts = [int(n) for n in args.sweep.split(",") if n.strip()] if args.sweep else [args.streams]
-    info = RunInfo(args.model, ".venv/bin/python " + shlex.join(sys.argv),
+    label = args.model + (", stop after each sentence" if args.stop_each else "") + "".join(
+        f", {k} = {v}" for k, v in args.whisper.items())
+    info = RunInfo(label, ".venv/bin/python " + shlex.join(sys.argv),
                    datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), os.getloadavg())
     print(f"model {args.model}, {args.seconds:.0f} s per stream, streams {counts}, "
           f"load average {info.load_before[0]:.2f}", flush=True)

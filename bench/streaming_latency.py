@@ -13,6 +13,12 @@ to ``final``, and the final's WER. For the server it reads the event-loop lag hi
 the inference histograms from ``/metrics`` (deltas over the run) and its CPU time from /proc.
 
     .venv/bin/python bench/streaming_latency.py --streams 4 --seconds 20 --model tiny.en
+    .venv/bin/python bench/streaming_latency.py --streams 16 --seconds 12 --model tiny.en \
+        --out bench/results/streaming_latency.md
+
+``--workers`` sets ``[executor] workers`` (default: one per stream, at least 2, so that every
+session's decode can join a batch); ``--whisper k=v,...`` adds ``[engines.whisper]`` settings.
+``--out`` appends a markdown section (with the load average: the machine is shared).
 """
 
 from __future__ import annotations
@@ -146,7 +152,8 @@ async def run_stream(url: str, index: int, audio: np.ndarray, reference: str, fm
 # ---------------------------------------------------------------------- server
 
 
-def start_server(model: str, port: int, workdir: Path) -> subprocess.Popen:
+def start_server(model: str, port: int, workdir: Path, workers: int = 2,
+                 whisper: str = "") -> subprocess.Popen:
     config = workdir / "asrhub.toml"
     protocols = "\n".join(f"[protocols.{name}]\nenabled = false\n" for name in
                           ("ptt", "vad_stream", "file_transcription", "session_broadcast"))
@@ -158,9 +165,13 @@ log_level = "warning"
 log_format = "json"
 preload = true
 
+[executor]
+workers = {workers}
+
 [engines.whisper]
 model = "{model}"
 language = "en"
+{whisper}
 
 [protocols.streaming_stt]
 port = {port}
@@ -250,6 +261,12 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per session (default 20)")
     parser.add_argument("--model", default="tiny.en", help="[engines.whisper] model (default tiny.en)")
     parser.add_argument("--format", choices=["pcm", "webm"], default="pcm", help="what clients send")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="[executor] workers (default: one per stream, at least 2)")
+    parser.add_argument("--whisper", default="",
+                        help="extra [engines.whisper] settings as TOML lines joined by ',', "
+                             "e.g. 'max_batch = 1,adaptive_window = false'")
+    parser.add_argument("--out", default="", help="append a markdown section to this file")
     parser.add_argument("--tail", type=float, default=0.0,
                         help="silence between the last word and stop (default 0: stop right at the "
                              "end of speech, the hardest case for stop→final)")
@@ -259,7 +276,9 @@ async def main() -> int:
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="asrhub-bench-") as tmp:
         workdir = Path(tmp)
-        proc = start_server(args.model, port, workdir)
+        workers = args.workers or max(2, args.streams)
+        proc = start_server(args.model, port, workdir, workers,
+                            "\n".join(line.strip() for line in args.whisper.split(",")))
         try:
             started = time.monotonic()
             await wait_ready(base, proc)
@@ -297,8 +316,16 @@ async def main() -> int:
     latencies = [r.stop_to_final_s for r in results if r.stop_to_final_s is not None]
     all_gaps = [g for r in results for g in r.gaps]
     print("-" * len(header))
+    summary: list[str] = []
     if latencies:
-        print(f"stop→final: p50 {statistics.median(latencies):.3f} s, max {max(latencies):.3f} s")
+        p95 = float(np.percentile(latencies, 95))
+        summary.append(f"stop→final: p50 {statistics.median(latencies):.3f} s, p95 {p95:.3f} s, "
+                       f"max {max(latencies):.3f} s ({len(latencies)} sessions)")
+    words = [len(r.reference.split()) for r in results]
+    overall = sum(wer(r.reference, r.final) * n for r, n in zip(results, words, strict=True))
+    summary.append(f"WER over all sessions: {overall / max(1, sum(words)):.3f}")
+    for line in summary:
+        print(line)
     if all_gaps:
         gaps_sorted = sorted(all_gaps)
         print(f"partial cadence (gap between partials): p50 {statistics.median(all_gaps):.2f} s, "
@@ -306,9 +333,11 @@ async def main() -> int:
               "(gaps include the pauses between recordings)")
     count, total, buckets = histogram(before, after, "asrhub_event_loop_lag_seconds")
     if count:
-        print(f"server event-loop lag ({int(count)} samples every 50 ms): mean {1000 * total / count:.1f} ms, "
-              f"p50 <= {1000 * quantile(buckets, count, 0.5):.0f} ms, p99 <= {1000 * quantile(buckets, count, 0.99):.0f} ms, "
-              f"max <= {1000 * quantile(buckets, count, 1.0):.0f} ms")
+        summary.append(
+            f"server event-loop lag ({int(count)} samples every 50 ms): mean {1000 * total / count:.1f} ms, "
+            f"p50 <= {1000 * quantile(buckets, count, 0.5):.0f} ms, p99 <= {1000 * quantile(buckets, count, 0.99):.0f} ms, "
+            f"max <= {1000 * quantile(buckets, count, 1.0):.0f} ms")
+        print(summary[-1])
     count, total, buckets = histogram(before, after, "asrhub_inference_seconds", engine="whisper")
     if count:
         print(f"inference calls (whisper): {int(count)}, mean {1000 * total / count:.0f} ms, "
@@ -318,8 +347,20 @@ async def main() -> int:
         print(f"executor queue wait (live): mean {1000 * total / count:.0f} ms, "
               f"p95 <= {1000 * quantile(buckets, count, 0.95):.0f} ms")
     audio_total = sum(r.audio_s for r in results)
-    print(f"server CPU: {cpu_after - cpu_before:.1f} s for {audio_total:.0f} s of audio "
-          f"(RTF {(cpu_after - cpu_before) / audio_total:.3f} CPU-s per audio-s); run took {wall:.1f} s")
+    summary.append(f"server CPU: {cpu_after - cpu_before:.1f} s for {audio_total:.0f} s of audio "
+                   f"(RTF {(cpu_after - cpu_before) / audio_total:.3f} CPU-s per audio-s); "
+                   f"run took {wall:.1f} s")
+    print(summary[-1])
+    if args.out:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        with open(args.out, "a") as fh:
+            fh.write(f"\n### {args.streams} × {args.model}, {args.format}, stop {args.tail:.1f} s after "
+                     f"the last word, executor workers {workers}"
+                     f"{', ' + args.whisper if args.whisper else ''}\n\n"
+                     f"`.venv/bin/python {' '.join(sys.argv)}` — "
+                     f"{time.strftime('%Y-%m-%d %H:%M')}, load average after {load} "
+                     f"(2 cores shared with other jobs: latencies are noisy)\n\n"
+                     + "".join(f"- {line}\n" for line in summary))
     print(f"bench client loop lag: {client_lag.summary_ms()}")
     return 0 if all(not r.errors and r.final for r in results) else 1
 
