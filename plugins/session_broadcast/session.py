@@ -367,7 +367,7 @@ class ReceiverConnection(Session):
                                 "messages from a receiver are ignored")
 
     async def on_close(self, info: CloseInfo) -> None:
-        if info.shutdown and self.session.state is not State.CLOSED:
+        if info.shutdown and self.session.state in (State.LIVE, State.FINISHING):
             # Results of audio already received still reach us before the core's 1001.
             self.session.shutting_down = True
             try:

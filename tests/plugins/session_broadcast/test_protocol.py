@@ -330,6 +330,7 @@ async def test_shutdown_during_a_session_flushes_then_closes_everybody_with_1001
     audio = pcm(recordings["three"])
     half = audio[:len(audio) // 2]
     async with running_server(hub) as srv, aiohttp.ClientSession() as http:
+        waiting = await http.ws_connect(ws_url(srv, "no-sender-yet", "mode=receiver"))
         receiver = await http.ws_connect(ws_url(srv, "live", "mode=receiver"))
         await until(lambda: receivers_of(srv, "live") == 1)
         sender = await http.ws_connect(ws_url(srv, "live", "mode=sender"))
@@ -339,7 +340,8 @@ async def test_shutdown_during_a_session_flushes_then_closes_everybody_with_1001
         stopping = asyncio.create_task(srv.stop())
         heard = await ws_messages(receiver)
         sent = await ws_messages(sender)
-        await asyncio.wait_for(stopping, 30)
+        assert (await ws_messages(waiting))[-1][:2] == ("close", 1001)
+        await asyncio.wait_for(stopping, 10)  # nobody waits for a sender that never came
         assert sessions.sessions == {}
     assert heard[-1][:2] == ("close", 1001) and sent[-1][:2] == ("close", 1001)
     results = [m for m in heard[:-1] if "asr" in m]
