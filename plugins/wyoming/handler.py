@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
 from wyoming.event import Event
 
 from asrhub.protocol import ErrorCodes, ProtocolContext, ProtocolError, TcpRoute
@@ -14,6 +15,8 @@ from .catalog import Catalog
 from .session import WyomingSession
 from .settings import WyomingSettings
 
+log = structlog.get_logger("asrhub.wyoming")
+
 CODES = ErrorCodes(bad_message=m.BAD_EVENT, too_big=m.TOO_BIG, busy=m.SERVER_BUSY,
                    internal=m.INTERNAL_ERROR, too_many_connections=m.TOO_MANY_CONNECTIONS)
 
@@ -21,6 +24,10 @@ CODES = ErrorCodes(bad_message=m.BAD_EVENT, too_big=m.TOO_BIG, busy=m.SERVER_BUS
 def setup(ctx: ProtocolContext) -> None:
     settings: WyomingSettings = ctx.settings
     catalog = Catalog(ctx.hub, settings)
+    if ctx.listener.token:
+        log.warning("token_not_applied", protocol=ctx.name,
+                    hint="the Wyoming protocol has no authentication: the token guards the "
+                         "HTTP listeners only; bind this one to a trusted network")
 
     async def read_message(reader: asyncio.StreamReader, max_message_bytes: int) -> Event | None:
         read = m.read_event(reader, max_message_bytes, settings.max_header_bytes)
