@@ -107,6 +107,11 @@ class AudioRequest:
         return self.response_format == "verbose_json" and "word" in self.granularities
 
     @property
+    def needs_segments(self) -> bool:
+        """Segment times and boundaries are part of the answer."""
+        return self.response_format in ("srt", "vtt", "verbose_json", "diarized_json")
+
+    @property
     def segments(self) -> bool:
         return not self.granularities or "segment" in self.granularities
 

@@ -299,11 +299,17 @@ class AudioService:
                 break
             self.pieces += 1
             offset, audio = got
-            for start, end in await self._utterances(audio):
+            regions = await self._utterances(audio)
+            # Per-segment formats get one engine call per stretch of speech (segments that
+            # follow speech turns, real times); json/text/stream get the speech of the piece
+            # joined with its long pauses cut short: fewer, cheaper calls, same words.
+            stretches = ([Stretch.single(audio, a, b) for a, b in regions] if req.needs_segments
+                         else Stretch.joined(audio, regions, int(self.settings.piece_seconds * SAMPLE_RATE)))
+            for stretch in stretches:
                 self._check_client(request)
                 try:
                     part: Transcript = await self._run(
-                        engine.transcribe, audio[start:end], engine=engine_name,
+                        engine.transcribe, stretch.audio, engine=engine_name,
                         language=language, word_timestamps=req.words, task=req.task,
                         prompt=req.prompt, temperature=req.temperature)
                 except EngineError as exc:
@@ -314,11 +320,10 @@ class AudioService:
                     detected = detected or part.language
                     if language is None and req.task == "transcribe":
                         language = part.language  # detected once, kept for the rest
-                shift = (offset + start) / SAMPLE_RATE
-                new = [_shifted(s, shift) for s in part.segments if s.text.strip()]
+                spoken = [s for s in part.segments if s.text.strip()]
+                new = [stretch.place(s, offset) for s in spoken]
                 if diarizing and new:
-                    local = [(s.start, s.end) for s in part.segments if s.text.strip()]
-                    found = await self._embed(audio[start:end], local)
+                    found = await self._embed(stretch.audio, [(s.start, s.end) for s in spoken])
                     if found is None:
                         diarizing = False  # no speaker engine: one speaker
                     else:
@@ -478,11 +483,54 @@ async def _write_quietly(response: web.StreamResponse, data: bytes, *, eof: bool
         raise ClientGone() from None
 
 
-def _shifted(seg: Segment, shift: float) -> Segment:
-    return Segment(start=seg.start + shift, end=seg.end + shift, text=seg.text.strip(),
-                   words=[Word(w.start + shift, w.end + shift, w.word, w.probability)
-                          for w in seg.words],
-                   speaker=seg.speaker, confidence=seg.confidence)
+@dataclass
+class Stretch:
+    """Audio for one engine call and where its samples come from in the piece: ``spans`` of
+    (position in ``audio``, position in the piece, length), in samples."""
+
+    audio: np.ndarray
+    spans: list[tuple[int, int, int]]
+
+    @classmethod
+    def single(cls, piece: np.ndarray, start: int, end: int) -> Stretch:
+        return cls(piece[start:end], [(0, start, end - start)])
+
+    @classmethod
+    def joined(cls, piece: np.ndarray, regions: list[tuple[int, int]], limit: int) -> list[Stretch]:
+        """Consecutive regions put end to end (their padding is the pause left between them),
+        at most ``limit`` samples per stretch."""
+        out: list[Stretch] = []
+        parts: list[np.ndarray] = []
+        spans: list[tuple[int, int, int]] = []
+        length = 0
+        for start, end in regions:
+            if parts and length + end - start > limit:
+                out.append(cls(np.concatenate(parts), spans))
+                parts, spans, length = [], [], 0
+            parts.append(piece[start:end])
+            spans.append((length, start, end - start))
+            length += end - start
+        if parts:
+            out.append(cls(np.concatenate(parts), spans))
+        return out
+
+    def original(self, seconds: float) -> float:
+        """A time in this stretch's audio → seconds in the piece."""
+        sample = seconds * SAMPLE_RATE
+        for at, source, length in self.spans:
+            if sample < at + length:
+                return (source + max(0.0, sample - at)) / SAMPLE_RATE
+        at, source, length = self.spans[-1]
+        return (source + length) / SAMPLE_RATE
+
+    def place(self, seg: Segment, piece_offset: int) -> Segment:
+        """``seg`` (times in this stretch) with times in the file."""
+        shift = piece_offset / SAMPLE_RATE
+        return Segment(start=self.original(seg.start) + shift, end=self.original(seg.end) + shift,
+                       text=seg.text.strip(),
+                       words=[Word(self.original(w.start) + shift, self.original(w.end) + shift,
+                                   w.word, w.probability) for w in seg.words],
+                       speaker=seg.speaker, confidence=seg.confidence)
 
 
 def openai_error_middleware() -> Any:
