@@ -342,7 +342,7 @@ async def test_a_client_waiting_in_the_queue_is_kept_informed(models, tmp_path):
     holder = asyncio.ensure_future(hub.executor.run(lambda: hold.wait(120), priority=Priority.LIVE,
                                                     engine="hold", timeout=10))
     try:
-        paths = [write_wav(tmp_path / f"w{i}.wav", clip(READER[i])) for i in (2, 3)]
+        paths = [write_wav(tmp_path / f"w{i}.wav", clip(READER[i])) for i in (3, 4)]
         clients = [PatientClient(url(models, "wait"), patience) for _ in paths]
         for client in clients:
             assert await client.connect()
@@ -368,7 +368,7 @@ async def test_a_client_waiting_in_the_queue_is_kept_informed(models, tmp_path):
         hold.set()
         await holder
     results = await asyncio.wait_for(asyncio.gather(running, waiting), 300)
-    for result, index in zip(results, (2, 3), strict=True):
+    for result, index in zip(results, (3, 4), strict=True):
         assert wer(reference(READER[index]), result["text"]) <= MAX_WER
     for client in clients:
         await client.disconnect()
