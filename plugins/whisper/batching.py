@@ -12,9 +12,9 @@ model worked on a batch of one), the calls meet in a :class:`DecodeBatcher`:
   next one; the leader keeps leading until its own request is done, then hands over.
 - Finals before partials: while any final is waiting, a batch holds only finals.
 - A batch holds requests that the model can run together: the same length of previous-text
-  prompt (CTranslate2 wants the start token at the same position in every row) and, for
-  finals, the same encoder window. Partials (whose window is only a speed trick) run at the
-  largest window among them.
+  prompt (CTranslate2 wants the start token at the same position in every row) and the same
+  encoder window (30 s for every final; a partial's short window grows in 5 s steps, so most
+  partials share one).
 - Batching does not change text: each row of a batched CTranslate2 call computes what the
   same row computes alone (greedy decoding; tested), and every request keeps its own token
   budget, so a batch-mate's longer budget never lengthens its text.
@@ -45,7 +45,7 @@ class DecodeRequest:
     language: str | None  # None: detect it from the encoder output
     previous: list[int]  # the previous-text prompt ([sot_prev, *tokens]) or []
     budget: int  # new tokens at most
-    final: bool  # a final (or file) result: goes first, never padded to another window
+    final: bool  # a final (or file) result: goes first
     submitted: float = field(default_factory=time.perf_counter)
     # results
     tokens: list[int] = field(default_factory=list)
@@ -59,9 +59,8 @@ class DecodeRequest:
 
     def fits(self, other: DecodeRequest) -> bool:
         """Whether ``other`` can share a batch led by this request."""
-        if len(other.previous) != len(self.previous) or other.final != self.final:
-            return False
-        return not self.final or other.window == self.window
+        return (len(other.previous) == len(self.previous) and other.final == self.final
+                and other.window == self.window)
 
 
 @dataclass

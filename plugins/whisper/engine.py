@@ -265,8 +265,7 @@ class WhisperEngine:
         request = DecodeRequest(
             audio=audio, window=window, language=language,
             previous=self._previous_prompt(previous), budget=token_budget(duration),
-            # A forced window is exact: it never runs padded to a batch-mate's window.
-            final=not partial or exact)
+            final=not partial or exact)  # a forced window (a retry) is urgent
         self.batcher.submit(request)
         tokens = request.tokens
         language = request.language
@@ -317,7 +316,7 @@ class WhisperEngine:
         text is what it would be alone."""
         import ctranslate2
 
-        window = max(r.window for r in batch)
+        window = batch[0].window  # the batcher groups requests by window
         features = np.ascontiguousarray(
             np.stack([self._features(r.audio, window) for r in batch]), dtype=np.float32)
         with self._running(len(batch)):
