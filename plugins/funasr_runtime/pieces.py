@@ -88,7 +88,13 @@ class Increments:
             matcher = difflib.SequenceMatcher(a=[_key(u) for u in self.sent],
                                               b=[_key(u) for u in final], autojunk=False)
             blocks = [b for b in matcher.get_matching_blocks() if b.size]
-            position = blocks[-1].b + blocks[-1].size if blocks else len(self.sent)
+            if blocks:
+                # Sent units after the last agreement stand for as many final units (a
+                # revision is mostly a substitution).
+                last = blocks[-1]
+                position = last.b + last.size + len(self.sent) - (last.a + last.size)
+            else:
+                position = len(self.sent)
             rest = final[position:]
         self.sent, self._previous = [], []
         return join_texts(rest)

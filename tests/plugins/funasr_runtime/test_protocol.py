@@ -4,12 +4,14 @@ reason, everything else leaves it open, and an input's problems reach its acknow
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
 import numpy as np
 import pytest
 
+from asrhub.hookspecs import hookimpl
 from asrhub.testing import make_hub, running_server
 
 from .conftest import OTHER, read16k, reference
@@ -155,3 +157,60 @@ async def test_binary_subprotocol_is_selected(url):
         assert ws.protocol == "binary"
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         assert ws.protocol is None  # the HTML5 page offers none
+
+
+class Summaries:
+    """Collects the session summaries (the ``asrhub_session_closed`` hook)."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+
+    @hookimpl
+    def asrhub_session_closed(self, hub, summary) -> None:
+        self.items.append(summary)
+
+
+@pytest.mark.slow
+async def test_shutdown_sends_the_results_of_audio_received():
+    """Server shutdown mid-input: the utterance heard so far gets its 2pass-offline result,
+    the input an acknowledgement saying it was cut short, then the socket closes with 1001."""
+    hub = make_hub(ENGINES, only=[PROTOCOL])
+    audio = (read16k(OTHER) * 32767).astype("<i2").tobytes()
+    async with running_server(hub) as server, aiohttp.ClientSession() as session:
+        url = f"ws://127.0.0.1:{server.ports[PROTOCOL]}/"
+        async with await connect(session, url) as ws:
+            await ws.send_str(json.dumps({"mode": "2pass", "wav_name": "cut", "is_speaking": True}))
+            for start in range(0, len(audio), 1920):
+                await ws.send_bytes(audio[start:start + 1920])
+            await ws.send_str("{")  # answered once every frame before it was taken in
+            assert (await receive(ws))["code"] == "bad_message"
+            stopping = asyncio.create_task(server.stop())
+            got = []
+            while (msg := await ws.receive(60)).type == aiohttp.WSMsgType.TEXT:
+                got.append(json.loads(msg.data))
+            assert ws.close_code == 1001, (msg, got)
+            await stopping
+    offline = [g for g in got if g.get("mode") == "2pass-offline"]
+    assert offline and "birch canoe" in offline[0]["text"].lower(), got
+    assert got[-1]["is_end"] is True and got[-1]["is_final"] is False
+    assert "shutting down" in got[-1]["error"] and "JSON" in got[-1]["error"]
+
+
+@pytest.mark.slow
+async def test_hotwords_reach_an_engine_with_a_prompt():
+    summaries = Summaries()
+    hub = make_hub(ENGINES, only=[PROTOCOL], extra_plugins=[summaries])
+    audio = (read16k(OTHER) * 32767).astype("<i2").tobytes()
+    async with running_server(hub) as server, aiohttp.ClientSession() as session:
+        async with await connect(session, f"ws://127.0.0.1:{server.ports[PROTOCOL]}/") as ws:
+            await ws.send_str(json.dumps({**OFFLINE, "hotwords": "{\"canoe\": 20, \"planks\": 30}"}))
+            await ws.send_bytes(audio)
+            await ws.send_str(json.dumps(END))
+            result = await receive(ws, timeout=120)
+            assert "canoe" in result["text"].lower()
+            assert (await receive(ws))["is_final"] is True
+    engine = hub.loaded_engine("asr") or await hub.asr()
+    import inspect
+
+    takes_prompt = "prompt" in inspect.signature(engine.transcribe).parameters
+    assert [s["hotwords"] for s in summaries.items if s["protocol"] == PROTOCOL] == [takes_prompt]
