@@ -100,6 +100,9 @@ def test_serves_like_the_unit_with_notify_socket(tmp_path):
                     pass
             # ready means: every port listens and answers
             for label, port in ports.items():
+                if probe.protocols[label.split(".")[0]].transport == "tcp":  # no HTTP there
+                    socket.create_connection(("127.0.0.1", port), timeout=10).close()
+                    continue
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
                     assert resp.status == 200, label
             # the watchdog is pinged while healthy
