@@ -45,8 +45,6 @@ _TASK_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 CODES = ErrorCodes(bad_message=INVALID_MESSAGE, too_big=FILE_TOO_LARGE, busy=SERVER_BUSY,
                    internal=TRANSCRIPTION_FAILED, too_many_connections=SERVER_BUSY)
 
-__all__ = ["CODES", "ProtocolError"]
-
 
 def show(value: Any, limit: int = 40) -> str:
     """``repr`` of a client's value for an error text, shortened without losing its closing

@@ -310,24 +310,22 @@ async def test_state_and_upload_directories_are_private(light):
 # --------------------------------------------------------------------------- issue 11 gap
 
 
-class PatientClient:
+def patient_client(server_url: str, patience: float):
     """The seed's own client (funasr_client.py, unchanged) whose 300 s wait for a message is
-    scaled down to ``patience`` seconds, recording what it receives."""
+    scaled down to ``patience`` seconds; what it receives is kept in ``received``."""
+    module = load_doc_client()
 
-    def __new__(cls, server_url: str, patience: float):
-        module = load_doc_client()
+    class Client(module.FunASRClient):  # type: ignore[name-defined,misc]
+        def __init__(self, url: str) -> None:
+            super().__init__(url)
+            self.received: list[dict] = []
 
-        class Client(module.FunASRClient):  # type: ignore[name-defined,misc]
-            received: list[dict] = []
+        async def receive_message(self, timeout=30):
+            message = await super().receive_message(timeout=min(timeout, patience))
+            self.received.append(message)
+            return message
 
-            async def receive_message(self, timeout=30):
-                message = await super().receive_message(timeout=min(timeout, patience))
-                self.received.append(message)
-                return message
-
-        client = Client(server_url)
-        client.received = []
-        return client
+    return Client(server_url)
 
 
 @pytest.mark.slow
@@ -343,7 +341,7 @@ async def test_a_client_waiting_in_the_queue_is_kept_informed(models, tmp_path):
                                                     engine="hold", timeout=10))
     try:
         paths = [write_wav(tmp_path / f"w{i}.wav", clip(READER[i])) for i in (3, 4)]
-        clients = [PatientClient(url(models, "wait"), patience) for _ in paths]
+        clients = [patient_client(url(models, "wait"), patience) for _ in paths]
         for client in clients:
             assert await client.connect()
         running = asyncio.ensure_future(clients[0].transcribe_file(paths[0]))
