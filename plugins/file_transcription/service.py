@@ -487,7 +487,11 @@ class FileService:
             return
         if not task.sha256 or not self._current_settings(task.cache_key):
             # Queued by an older version (MD5-keyed) or before a settings change.
-            _, sha, _ = await asyncio.to_thread(file_digests, self.store.audio_path(task))
+            try:
+                _, sha, _ = await asyncio.to_thread(file_digests, self.store.audio_path(task))
+            except OSError as exc:
+                self._fail(task, m.TRANSCRIPTION_FAILED, f"the uploaded file was lost ({exc.strerror})")
+                return
             task.sha256, task.cache_key = sha, self.cache_key(sha)
             self.store.update(task_id, sha256=sha, cache_key=task.cache_key)
         if self._from_cache(task):

@@ -371,3 +371,48 @@ async def test_a_client_waiting_in_the_queue_is_kept_informed(models, tmp_path):
     for client in clients:
         await client.disconnect()
 
+
+
+async def test_tasks_of_the_previous_version_resume_and_old_md5_keys_answer_nothing(tmp_path):
+    """A state directory written before this version (MD5-keyed results, no scope): a queued
+    task is hashed (SHA-256) and transcribed after the start, a finished one stays reachable by
+    its task id, and its MD5 no longer answers an upload_request (fake engines: no model)."""
+    import sqlite3
+
+    from .test_units import OLD_TASKS
+
+    root = tmp_path / "state" / "file_transcription"
+    (root / "uploads" / "queued-1").mkdir(parents=True)
+    audio = write_wav(root / "uploads" / "queued-1" / "audio.wav", clip(READER[0])).read_bytes()
+    old_key = f"{md5(b'done')}|fake||en|single"
+    db = sqlite3.connect(root / "tasks.sqlite3")
+    db.execute(OLD_TASKS)
+    db.execute("CREATE TABLE results (cache_key TEXT PRIMARY KEY, task_id TEXT NOT NULL,"
+               " result TEXT NOT NULL, created_at REAL NOT NULL)")
+    insert = ("INSERT INTO tasks (task_id, file_name, file_size, file_hash, cache_key, output_format,"
+              " chunked, chunk_size, total_chunks, state, progress, created_at, updated_at, queued_at,"
+              " finished_at) VALUES (?, ?, ?, ?, ?, 'json', 0, 0, 0, ?, ?, 1, 1, 1, ?)")
+    db.execute(insert, ("queued-1", "q.wav", len(audio), md5(audio), f"{md5(audio)}|fake||en|single",
+                        "queued", 0, None))
+    db.execute(insert, ("done-1", "d.wav", 4, md5(b"done"), old_key, "completed", 100, 2))
+    old = {"text": "old", "segments": [], "speakers": [], "duration": 1.0}
+    db.execute("INSERT INTO results VALUES (?, 'done-1', ?, 2)", (old_key, json.dumps(old)))
+    db.commit()
+    db.close()
+    hub = make_hub({"server": {"state_dir": str(tmp_path / "state")}, "engines": {"speaker": "none"},
+                    "protocols": {"file_transcription": {"diarization": False}}},
+                   only=["file_transcription"], fake_engines=True)
+    async with running_server(hub) as server:
+        c = await RawClient.connect(url(server))
+        status = await c.ask(msg("task_status", task_id="queued-1"))
+        assert status["data"]["status"] in ("queued", "running", "completed")
+        done, _ = await c.until("task_complete")
+        assert done["data"]["task_id"] == "queued-1" and done["data"]["result"]["text"].startswith("w1")
+        row = service_of(server).store.get("queued-1")
+        assert row is not None and row.sha256 is not None and row.cache_key.startswith("sha256:")
+        status = await c.ask(msg("task_status", task_id="done-1"))
+        assert status["data"]["status"] == "completed"
+        assert (await c.recv())["data"]["result"]["text"] == "old"
+        fresh = await c.ask(msg("upload_request", file_name="d.wav", file_size=4, file_hash=md5(b"done")))
+        assert fresh["type"] == "upload_ready"
+        await c.close()
