@@ -28,6 +28,7 @@ from asrhub.audio import AudioError, decode_bytes
 from asrhub.diarize import embed_spans, labels_from_embeddings, name_clusters
 from asrhub.engine import SAMPLE_RATE, EngineError, Segment, Transcript, Word
 from asrhub.executor import ExecutorBusy, ExecutorClosed, Priority
+from asrhub.formats import wants_word_timestamps
 from asrhub.protocol import ProtocolError
 from asrhub.text import join_texts
 
@@ -310,7 +311,9 @@ class AudioService:
                 try:
                     part: Transcript = await self._run(
                         engine.transcribe, stretch.audio, engine=engine_name,
-                        language=language, word_timestamps=req.words, task=req.task,
+                        # subtitles are cut at word times (asrhub.formats)
+                        language=language, task=req.task,
+                        word_timestamps=req.words or wants_word_timestamps(req.response_format),
                         prompt=req.prompt, temperature=req.temperature)
                 except EngineError as exc:
                     raise m.bad_request(f"the model cannot do this: {exc}", param="model") from None
