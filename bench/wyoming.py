@@ -9,7 +9,10 @@ the latency is ``audio-stop`` → ``transcript``. 1, 4 and 8 clients start toget
 request is a different real recording of shared/testdata with a human reference (WER over
 all of a server's transcripts). The two servers take turns round by round (the order
 alternating, so a burst of load from elsewhere hits both), each idle while the other runs. RSS is the
-server process's (VmRSS after each level, VmHWM peak), CPU its user+system time.
+server process's (VmRSS after each level, VmHWM peak), CPU its user+system time. asrhub's
+inference threads run at nice 5 (its default ``[executor] worker_nice``, which keeps the event
+loop ahead of inference); the reference runs under ``nice -n 5`` so that on a machine shared
+with other work both get the same share of the CPU.
 
 wyoming-bench (PyPI) was looked at first: it sends one request at a time and times from the
 request's start, so it measures neither concurrency nor audio-stop → transcript; this driver
@@ -164,8 +167,13 @@ def start_reference(model: str, tmp: Path) -> Server:
     data = WORK / "wfw-data"
     data.mkdir(parents=True, exist_ok=True)
     log = tmp / f"reference-{model}.log"
+    # asrhub runs its inference threads at nice [executor] worker_nice (5 by default); on a
+    # machine shared with other work the reference must compete on the same terms.
+    from asrhub.config import ExecutorConfig
+
+    nice = ["nice", "-n", str(ExecutorConfig().worker_nice)]
     proc = subprocess.Popen(
-        [str(exe), "--uri", f"tcp://127.0.0.1:{port}", "--model", str(model_dir(model)),
+        [*nice, str(exe), "--uri", f"tcp://127.0.0.1:{port}", "--model", str(model_dir(model)),
          "--data-dir", str(data), "--local-files-only", "--stt-library", "faster-whisper",
          "--beam-size", "1", "--cpu-threads", "2", "--compute-type", "int8", "--language", "en"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
@@ -328,7 +336,9 @@ def report(all_results: dict[str, tuple[list[Level], dict[str, float]]], levels:
         f"`.venv/bin/python bench/wyoming.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
         "",
         f"Reference: wyoming-faster-whisper {REFERENCE_VERSION} (PyPI, its own venv). Both load "
-        "the same CTranslate2 directory, int8, beam 1, 2 CPU threads, language en. Clients: the "
+        "the same CTranslate2 directory, int8, beam 1, 2 CPU threads, language en; asrhub's "
+        "inference threads run at nice 5 (its default `[executor] worker_nice`), so the reference "
+        "runs under `nice -n 5`. Clients: the "
         "`wyoming` package's AsyncTcpClient, 16 kHz int16 in 1024-sample chunks paced at real "
         f"time, {TRAILING_QUIET_S} s of quiet after the speech, then audio-stop; latency = "
         "audio-stop → transcript. Every request is a different recording from shared/testdata "
