@@ -70,6 +70,16 @@ def fatal(code: str, message: str) -> ProtocolError:
     return ProtocolError(code, message, fatal=True)
 
 
+def engine_failure(exc: Exception) -> ProtocolError:
+    """The recogniser failed on this request's audio (busy, or an engine error)."""
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, ExecutorBusy):
+        return fatal(m.SERVER_BUSY, "server busy: inference queue full, try again later")
+    log.error("recognition_failed", error=f"{exc.__class__.__name__}: {exc}")
+    return fatal(m.ENGINE_ERROR, f"recognition failed: {exc.__class__.__name__}")
+
+
 class WyomingSession(Session):
     def __init__(self, channel: Channel, catalog: Catalog, settings: WyomingSettings, *,
                  observe_final_latency: Callable[[float], None] | None = None) -> None:
@@ -103,6 +113,7 @@ class WyomingSession(Session):
         self._finished: list[str] = []
         self._streamed = ""  # text the transcript-chunks carried so far
         self._finishing: asyncio.Task | None = None
+        self._speaker_job: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -237,17 +248,13 @@ class WyomingSession(Session):
         assert pump is not None and self._pcm is not None
         self._queue(self._pcm.flush())
         self._feed(force=True)
-        speaker_job = self._identify_speaker()
+        speaker_job = self._speaker_job = self._identify_speaker()
         try:
             await pump.finish()
-        except ExecutorBusy:
-            raise fatal(m.SERVER_BUSY, "server busy: inference queue full, try again later") from None
         except Exception as exc:
-            log.error("recognition_failed", error=f"{exc.__class__.__name__}: {exc}")
-            raise fatal(m.ENGINE_ERROR, f"recognition failed: {exc.__class__.__name__}") from None
-        finally:
-            if speaker_job is not None and not speaker_job.done() and self.channel.closed:
+            if speaker_job is not None:
                 speaker_job.cancel()
+            raise engine_failure(exc) from None
         context: dict[str, Any] | None = None
         if speaker_job is not None:
             try:
@@ -288,17 +295,17 @@ class WyomingSession(Session):
             self._pump.feed(pcm)
         except BacklogFull as exc:
             raise fatal(m.BACKLOG_FULL, f"audio dropped: {exc}") from None
-        except ExecutorBusy:
-            raise fatal(m.SERVER_BUSY, "server busy: inference queue full, try again later") from None
         except Exception as exc:  # the engine failed on earlier audio
-            log.error("recognition_failed", error=f"{exc.__class__.__name__}: {exc}")
-            raise fatal(m.ENGINE_ERROR, f"recognition failed: {exc.__class__.__name__}") from None
+            raise engine_failure(exc) from None
 
     async def _wait_for_room(self) -> None:
         """Backpressure: stop reading the socket while too much audio waits for the engine."""
         pump = self._pump
         while pump is not None and pump.backlog_seconds >= self.settings.max_backlog_s:
-            await pump.drain()  # re-raises the engine's failure
+            try:
+                await pump.drain()  # re-raises the engine's failure
+            except Exception as exc:
+                raise engine_failure(exc) from None
 
     async def _on_hypotheses(self, hyps: list[Hypothesis]) -> None:
         for hyp in hyps:
@@ -331,6 +338,8 @@ class WyomingSession(Session):
         self.channel.send_bytes(m.frame(message.event()))
 
     async def _release(self) -> None:
+        if self._speaker_job is not None and not self._speaker_job.done():
+            self._speaker_job.cancel()
         pump, self._pump = self._pump, None
         if pump is not None:
             await pump.close()
