@@ -300,6 +300,8 @@ class RealtimeSession(Session):
 
             try:
                 stream = await self.ctx.executor.run(build, priority=Priority.LIVE)
+            except EngineError as exc:
+                raise ProtocolError(rm.SERVER_ERROR, f"the recogniser is not available: {exc}") from None
             except ValueError as exc:
                 raise rm.invalid(f"language: {exc}", param="session.audio.input.transcription.language") from None
             self._pump = StreamPump(self.ctx.executor, stream, self._on_results,  # type: ignore[arg-type]
