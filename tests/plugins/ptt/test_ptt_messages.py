@@ -49,3 +49,28 @@ def test_server_messages_have_the_seed_fields():
     assert m.error(409, "x") | {"timestamp": 0} == {"type": "error", "code": 409, "message": "x",
                                                      "timestamp": 0}
     json.dumps([result, m.status("ok"), m.error(400, "x")])
+
+
+@pytest.mark.parametrize("section, fragment", [
+    ({"heartbeat_s": -1}, "heartbeat_s"),  # a shared listener limit, checked by the kit's class
+    ({"max_message_bytes": 10}, "max_message_bytes"),
+    ({"idle_timeout_s": -1}, "idle_timeout_s"),
+    ({"max_backlog_s": 0}, "max_backlog_s"),
+    ({"heartbeat": 5}, "unknown key 'heartbeat'"),  # old names are gone
+])
+def test_settings_are_checked_like_every_listener(section, fragment):
+    from asrhub.config import ConfigError
+    from asrhub.testing import make_hub
+
+    with pytest.raises(ConfigError, match=fragment):
+        make_hub({"protocols": {"ptt": section}}, only=["ptt"])
+
+
+def test_settings_defaults():
+    from asrhub.protocol import ListenerSettings
+    from asrhub_plugins.ptt.settings import PTTSettings
+
+    settings = PTTSettings()
+    assert isinstance(settings, ListenerSettings)
+    assert settings.max_connections == 20 and settings.max_message_bytes == 2 * 1024 * 1024
+    assert settings.heartbeat_s == ListenerSettings.heartbeat_s

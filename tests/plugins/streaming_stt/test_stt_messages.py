@@ -53,3 +53,17 @@ def test_non_audio_frames_are_recognised_and_pcm_is_not() -> None:
         assert m.describe_non_audio(pcm.tobytes()) is None
     assert m.describe_non_audio(np.zeros(1024, "<i2").tobytes()) is None
     assert m.describe_non_audio(b"ab") is None  # too short to tell
+
+
+@pytest.mark.parametrize("section, fragment", [
+    ({"max_outbox": 0}, "max_outbox"),  # a shared listener limit, checked by the kit's class
+    ({"stop_grace_s": -0.1}, "stop_grace_s"),
+    ({"feed_interval_s": 0}, "feed_interval_s"),
+    ({"max_message_mb": 1}, "unknown key 'max_message_mb'"),
+])
+def test_settings_are_checked_like_every_listener(section, fragment) -> None:
+    from asrhub.config import ConfigError
+    from asrhub.testing import make_hub
+
+    with pytest.raises(ConfigError, match=fragment):
+        make_hub({"protocols": {"streaming_stt": section}}, only=["streaming_stt"])
