@@ -209,16 +209,21 @@ def cmd_init(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     for path, (text, mode) in planned.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.new")
-        partial.write_text(text, encoding="utf-8")
-        os.chmod(partial, mode)
-        if path.name.endswith(".toml") and os.geteuid() == 0:
-            try:  # the service user reads the config; nobody else needs to
-                os.chown(partial, 0, grp.getgrnam("asrhub").gr_gid)
-            except KeyError:
-                pass
-        partial.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.new")
+            partial.write_text(text, encoding="utf-8")
+            os.chmod(partial, mode)
+            if path.name.endswith(".toml") and os.geteuid() == 0:
+                try:  # the service user reads the config; nobody else needs to
+                    os.chown(partial, 0, grp.getgrnam("asrhub").gr_gid)
+                except KeyError:
+                    pass
+            partial.replace(path)
+        except OSError as exc:
+            print(f"asrhub: cannot write {path}: {exc.strerror or exc} (run as root, or --prefix DIR)",
+                  file=sys.stderr)
+            return 1
         print(f"wrote {path}")
     print("next (as root):\n"
           "  useradd --system --home /var/lib/asrhub --shell /usr/sbin/nologin asrhub\n"

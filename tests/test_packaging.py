@@ -207,3 +207,10 @@ def test_init_writes_the_unit_and_config_and_refuses_to_overwrite(tmp_path):
     assert config_path.read_text() == text.replace("/srv/asrhub/venv/bin", str(VENV_BIN))
     # without --bin-dir: the asrhub that ran init
     assert f"ExecStart={VENV_BIN}/asrhub serve" in unit_path.read_text()
+
+
+def test_init_says_in_words_when_it_cannot_write(tmp_path):
+    (tmp_path / "etc").write_text("a file where the folder should be\n")
+    result = run_cli("init", "--prefix", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.startswith("asrhub: cannot write ") and "Traceback" not in result.stderr
