@@ -410,6 +410,10 @@ class Server:
                 if getattr(old.config, key) != getattr(new.config, key):
                     needs_restart.append(f"[protocols.{old.label}] {key}")
             ctx = self.contexts.get(old.label)
+            if ctx is not None:
+                # what a plugin reads of its listener: the token and origins now in force
+                ctx.listener = dataclasses.replace(ctx.listener, token=new.config.token,
+                                                   allowed_origins=new.config.allowed_origins)
             if ctx is not None and new.settings != ctx.settings:
                 changed = _changed_fields(ctx.settings, new.settings)
                 shared = {f.name for f in dataclasses.fields(ListenerSettings)}
