@@ -5,7 +5,10 @@ real socket. Recognition itself is tested with Whisper in test_stt_e2e.py."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import shutil
 
 import aiohttp
 import numpy as np
@@ -135,3 +138,69 @@ async def test_late_webm_chunk_after_stop_over_a_real_socket() -> None:
     assert "error" not in [x["type"] for x in got], got
     assert got[-2]["type"] == "final" and got[-2]["text"].startswith("w1 w2 w3")
     assert srv.hub.counters[PROTOCOL].errors == {}
+
+
+# The seed's JavaScript class runs verbatim in Node; only what a browser gives it is stood in
+# for: `document`, the microphone, and a MediaRecorder that behaves as the MediaStream
+# Recording spec says. It records live (chunk i of a real webm/opus stream exists once
+# i x 100 ms have passed), fires dataavailable every timeslice, and stop() returns at once and
+# *queues* the last dataavailable (the data since the previous slice): so the seed's
+# stopRecording() sends {"command": "stop"} before that last chunk. (test_stt_seed_clients.py
+# runs the same class in a real Chromium.)
+BROWSER_STAND_IN = r"""
+import fs from 'node:fs';
+const chunks = JSON.parse(fs.readFileSync(process.env.CHUNKS_FILE, 'utf8'))
+  .map((b) => { const data = new Uint8Array(Buffer.from(b, 'base64')); data.size = data.length; return data; });
+const shown = {};
+globalThis.document = { getElementById: (id) => (shown[id] ??= {
+  set textContent(value) { console.log(`#${id} ${value}`); } }) };
+globalThis.navigator = { mediaDevices: { getUserMedia: async () => ({ getTracks: () => [{ stop() {} }] }) } };
+globalThis.MediaRecorder = class {
+  constructor(stream) { this.stream = stream; this.state = 'inactive'; this.sent = 0; }
+  recorded() { return Math.min(chunks.length, Math.floor((Date.now() - this.began) / 100) + 1); }
+  deliver(upTo) {
+    while (this.sent < upTo) this.ondataavailable({ data: chunks[this.sent++] });
+  }
+  start(timeslice) {
+    this.state = 'recording';
+    this.began = Date.now();
+    this.timer = setInterval(() => this.deliver(this.recorded() - 1), timeslice);
+  }
+  stop() {
+    clearInterval(this.timer);
+    this.state = 'inactive';
+    const last = this.recorded();
+    setTimeout(() => { this.deliver(last); console.log(`RECORDER_DELIVERED ${this.sent}`); }, 0);
+  }
+};
+"""
+
+
+@pytest.mark.slow  # the seed's client records for 5 s
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+async def test_seed_javascript_class_last_chunk_after_stop_joins_the_final(tmp_path) -> None:
+    audio = (np.sin(np.arange(7 * 16000) / 7) * 0.3).astype(np.float32)
+    chunks = h.container_chunks(audio, "webm")
+    (tmp_path / "chunks.json").write_text(json.dumps([base64.b64encode(c).decode() for _, c in chunks]))
+    async with running_server(fake_hub()) as srv:
+        seed = h.seed_examples()["js"].replace("ws://localhost:8765",
+                                               f"ws://127.0.0.1:{srv.ports[PROTOCOL]}")
+        script = tmp_path / "client.mjs"
+        script.write_text(BROWSER_STAND_IN + seed + "\nsetTimeout(() => process.exit(0), 8000);\n")
+        proc = await asyncio.create_subprocess_exec(
+            "node", "--experimental-websocket", "--no-warnings", str(script),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "CHUNKS_FILE": str(tmp_path / "chunks.json")})
+        out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+        counters = srv.hub.counters[PROTOCOL]
+    lines = out.splitlines()
+    assert "停止录音" in lines and "会话已结束" in lines, out
+    delivered = int(next(x for x in lines if x.startswith("RECORDER_DELIVERED")).split()[1])
+    # The recorder's last chunk went out after the seed's stop command...
+    assert lines.index("停止录音") < lines.index(f"RECORDER_DELIVERED {delivered}")
+    # ...and still joined the session: no error, every delivered chunk's audio recognised.
+    assert counters.errors == {}, (counters.errors, out)
+    sent_audio = chunks[delivered - 1][0]
+    assert counters.audio_seconds == pytest.approx(sent_audio, abs=0.15), (counters, sent_audio)
+    finals = [x.removeprefix("#final ") for x in lines if x.startswith("#final ")]
+    assert finals == [" ".join(f"w{i}" for i in range(1, int(counters.audio_seconds / 0.5) + 1))], out
