@@ -309,11 +309,26 @@ class RealtimeSession(Session):
                                     max_backlog_s=self.settings.realtime_max_backlog_s * 1.5)
         self.state = State.LISTENING
 
+    async def _flush_denoiser(self) -> None:
+        """The noise suppressor's delayed tail, before the audio is committed."""
+        if self._denoise is None:
+            return
+        tail = await self.ctx.executor.run(self._denoise.flush, priority=Priority.LIVE,
+                                           engine=self.ctx.hub.engine_name("denoise"))
+        if len(tail):
+            if self.config.turn_detection is None:
+                self._manual.append(tail)
+                self._manual_len += len(tail)
+            elif self._pump is not None:
+                self._pump.feed(tail)
+        self._denoise = (await self._denoiser()).open_stream()
+
     async def _commit(self, event: dict[str, Any]) -> None:
         if self._uncommitted < MIN_COMMIT_S * SAMPLE_RATE:
             raise rm.invalid(f"buffer too small: at least {MIN_COMMIT_S * 1000:.0f} ms of audio "
                              "must be appended before a commit", code=rm.COMMIT_EMPTY,
                              event_id=event.get("event_id"))
+        await self._flush_denoiser()
         if self.config.turn_detection is None:
             await self._transcribe_buffer()
             return

@@ -83,11 +83,14 @@ async def test_sdk_realtime_transcription_server_vad(base_url) -> None:
     order = [e.type for e in events if getattr(e, "item_id", None) == first]
     assert order.index("input_audio_buffer.speech_stopped") < order.index(
         "conversation.item.input_audio_transcription.completed")
-    # Deltas of an item add up to (a prefix of) its completed transcript.
+    # Deltas of an item add up to the start of its completed transcript (the final may still
+    # rewrite a word of a partial: the completed transcript is the one that counts).
     for item_id, transcript in completed.items():
         deltas = "".join(e.delta for e in events if e.type.endswith("transcription.delta")
                          and e.item_id == item_id)
-        assert transcript.startswith(deltas)
+        if deltas:
+            start = " ".join(transcript.split()[:len(deltas.split())])
+            assert wer(start, deltas) <= 0.34, (deltas, transcript)
     ordered = [completed[e.item_id] for e in events if e.type == "input_audio_buffer.committed"]
     assert wer(reference(NAMES), " ".join(ordered)) <= MAX_WER, ordered
 
@@ -213,3 +216,39 @@ async def test_shutdown_flushes_the_item_in_progress() -> None:
     finally:
         if not stopped:
             await server.stop()
+
+
+@pytest.mark.slow
+async def test_noise_reduction_uses_the_hubs_suppressor() -> None:
+    from asrhub.testing import make_hub, running_server
+
+    from .conftest import hub_sections
+
+    sections = hub_sections()
+    sections["engines"] = {**sections["engines"], "denoise": "rnnoise"}
+    hub = make_hub(sections, only=["openai_api"])
+    async with running_server(hub, preload=True) as srv:
+        ws = await _raw(f"http://127.0.0.1:{srv.ports['openai_api']}/v1")
+        try:
+            await _next(ws, "session.created")
+            await ws.send(json.dumps({"type": "session.update", "session": {
+                "type": "transcription", "audio": {"input": {
+                    "noise_reduction": {"type": "near_field"}, "turn_detection": None,
+                    "transcription": {"model": "whisper-1", "language": "en"}}}}}))
+            updated = await _next(ws, "session.updated")
+            assert updated["session"]["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
+            names = [READER[2]]
+            rng = np.random.default_rng(3)
+            speech = joined(names, rate=24000)
+            noisy = speech + rng.normal(0, 0.01, len(speech)).astype(np.float32)
+            data = pcm16(noisy)
+            for start in range(0, len(data), 9600):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(data[start:start + 9600]).decode()}))
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            done = await _next(ws, "conversation.item.input_audio_transcription.completed", "error")
+            assert done["type"].endswith("completed"), done
+            assert wer(reference(names), done["transcript"]) <= MAX_WER, done
+        finally:
+            await ws.close()
+        assert hub.loaded_engine("denoise") is not None
