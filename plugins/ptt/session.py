@@ -278,8 +278,8 @@ class PTTSession(Session):
                 self._partial = hyp
         if self._stopping:  # finish(): the final carries it
             return
-        assert self._pump is not None
-        self._last_batch_ms = self._pump.last_call_seconds * 1000
+        if self._pump is not None:
+            self._last_batch_ms = self._pump.last_call_seconds * 1000
         if changed:  # a new guess: the engine decoded (other calls only buffer)
             self.stats.partial_ms.append(self._last_batch_ms)
         self._answer(changed)
