@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -291,6 +290,3 @@ def model_object(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
 def model_list(models: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": list(models)}
 
-
-def pretty(body: dict[str, Any]) -> str:
-    return json.dumps(body, ensure_ascii=False)
