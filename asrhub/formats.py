@@ -118,7 +118,10 @@ def _joined(tokens: list[Token]) -> str:
 
 
 def _breakable(tokens: list[Token], k: int) -> bool:
-    """A line may break before tokens[k]: at a space, or between CJK characters."""
+    """A line may break before tokens[k]: at a space, or between CJK characters (never before
+    punctuation)."""
+    if tokens[k].text.startswith(SENTENCE_END + CLAUSE_END):
+        return False
     return tokens[k].space_before or is_wide(tokens[k].text[0]) or is_wide(tokens[k - 1].text[-1])
 
 
@@ -151,11 +154,13 @@ def _fits(tokens: list[Token], max_s: float, max_width: int) -> bool:
 
 def _carry_tail(cue: list[Token]) -> int | None:
     """Where to cut an overfull cue so that its last phrase moves on with the next word: after
-    the last clause punctuation, if what stays is at least a third of the cue."""
+    the last clause punctuation, if what stays is at least a third of the cue or a phrase of
+    its own (SENTENCE_MIN_WIDTH columns)."""
     total = width(_joined(cue))
     for k in range(len(cue) - 1, 0, -1):
         if cue[k - 1].text.endswith(CLAUSE_END + SENTENCE_END):
-            return k if width(_joined(cue[:k])) >= total / 3 else None
+            head = width(_joined(cue[:k]))
+            return k if head >= min(total / 3, SENTENCE_MIN_WIDTH) else None
     return None
 
 

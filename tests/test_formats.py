@@ -188,3 +188,24 @@ def test_cli_transcribe_subtitles_use_word_timestamps(testdata, tmp_path, fmt, r
     # Cut at Whisper's word times: the document is the one made from the word-timestamped
     # transcript of the same samples.
     assert result.stdout == (to_srt(reading) if fmt == "srt" else to_vtt(reading))
+
+
+@pytest.mark.slow
+def test_chinese_cues_count_two_columns_per_character(testdata, tmp_path_factory):
+    """Whisper base on 20 s of Mandarin (two sentences without pauses between clauses): cues
+    of at most 21 characters a line, never starting a line with punctuation."""
+    hub = make_hub({"server": {"state_dir": str(tmp_path_factory.mktemp("base"))}})
+    engine = hub.engine_sync("asr")
+    try:
+        audio, _ = concatenate(testdata, ["zh/funasr_csharp_example_1.wav", "zh/funasr_csharp_example_2.wav"], 0.4)
+        heard = engine.transcribe(audio, language="zh", word_timestamps=True)
+    finally:
+        hub.unload_engines()
+    assert sum(len(seg.text) for seg in heard.segments) > 2 * MAX_LINE_WIDTH // 2  # more than one cue's worth
+    cues = cues_of(heard)
+    assert_readable([(c.start, c.end, c.text) for c in cues])
+    lines = [line for c in cues for line in c.lines]
+    assert all(len(line) <= MAX_LINE_WIDTH // 2 for line in lines), lines
+    assert not any(line[0] in "，。？！、；：" for line in lines), lines
+    spoken = "".join(w.word for seg in heard.segments for w in seg.words)
+    assert "".join(lines) == "".join(spoken.split())
