@@ -484,7 +484,10 @@ const live = {
       if (msg.mode === '2pass-online' || (msg.mode === 'online' && !msg.is_final)) {
         this.online += msg.text || '';
         showPartial(this.online);
-      } else if (msg.mode === '2pass-offline' || msg.mode === 'offline' || msg.mode === 'online') {
+      } else if (msg.mode === 'online') {  // a sentence's last piece completes it
+        addFinal(this.online + (msg.text || ''));
+        this.online = '';
+      } else if (msg.mode === '2pass-offline' || msg.mode === 'offline') {  // replaces the pieces
         this.online = '';
         addFinal(msg.text);
       }
