@@ -39,6 +39,7 @@ class Cluster:
         self.checked_at = 0.0
         self._sync: redis.Redis | None = None
         self._async: redis.asyncio.Redis | None = None
+        self._subscriber: redis.asyncio.Redis | None = None
         self._watch: asyncio.Task | None = None
 
     def key(self, *parts: str) -> str:
@@ -62,6 +63,20 @@ class Cluster:
                                                        socket_connect_timeout=2,
                                                        health_check_interval=10)
         return self._async
+
+    def aio_subscriber(self) -> redis.asyncio.Redis:
+        """A client for pub/sub subscriptions on the event loop. It never retries: a dropped
+        connection (messages possibly missed) is an error its subscriber sees, not a silent
+        reconnect and re-subscribe."""
+        if self._subscriber is None:
+            import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            self._subscriber = redis.asyncio.Redis.from_url(
+                self.config.redis_url, socket_timeout=3, socket_connect_timeout=2,
+                health_check_interval=10, retry=Retry(NoBackoff(), 0))
+        return self._subscriber
 
     def status(self) -> dict[str, Any]:
         state = {None: "unknown", True: "ok", False: "unreachable"}[self.reachable]
@@ -99,5 +114,7 @@ class Cluster:
                 pass
         if self._async is not None:
             await self._async.aclose()
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
         if self._sync is not None:
             self._sync.close()
