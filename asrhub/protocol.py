@@ -557,7 +557,7 @@ class Transport:
 
     async def serve_websocket(self, ctx: ProtocolContext, route: WebSocketRoute,
                               request: web.Request) -> web.StreamResponse:
-        probe = web.WebSocketResponse()
+        probe = web.WebSocketResponse(protocols=route.protocols)
         if not probe.can_prepare(request).ok:
             if route.http_get is not None:
                 return await route.http_get(request)

@@ -279,10 +279,16 @@ class FunASRRuntimeSession(Session):
         config = current.config
         for hyp in hyps:
             if config.mode == "online":
-                piece = self._online.final(hyp.text) if hyp.is_final else self._online.partial(hyp.text)
-                piece = self._online_track.piece(piece)
-                if piece:
-                    self._send(m.result(config, "online", piece, is_final=hyp.is_final))
+                if hyp.is_final:
+                    # Sent even when the partials covered the sentence: it marks its end.
+                    shown = bool(self._online.sent)
+                    piece = self._online_track.piece(self._online.final(hyp.text))
+                    if piece or shown:
+                        self._send(m.result(config, "online", piece, is_final=True))
+                else:
+                    piece = self._online_track.piece(self._online.partial(hyp.text))
+                    if piece:
+                        self._send(m.result(config, "online", piece, is_final=False))
             elif not hyp.is_final:
                 piece = self._online_track.piece(self._online.partial(hyp.text))
                 if piece:
