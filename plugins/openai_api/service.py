@@ -295,7 +295,11 @@ class AudioService:
         detected: str | None = None
         while True:
             self._check_client(request)
-            got = await self._run(reader.next_piece)
+            try:
+                got = await self._run(reader.next_piece)
+            except AudioError as exc:  # damage found further into the file
+                raise m.bad_request(f"the file cannot be decoded: {exc}", param="file",
+                                    code=m.INVALID_FILE) from None
             if got is None:
                 break
             self.pieces += 1
@@ -470,8 +474,13 @@ class AudioService:
         except ProtocolError as err:
             self.hub.count_error(self.ctx.name, err.code)
             await _write_quietly(response, m.sse(m.error_from(err)))
-        except ConnectionResetError:
+        except (ConnectionResetError, ClientGone):
             raise ClientGone() from None
+        except Exception:  # noqa: BLE001 - the headers are sent: the error goes as an event
+            log.exception("openai_stream_failed")
+            self.hub.count_error(self.ctx.name, m.SERVER_ERROR)
+            await _write_quietly(response, m.sse(m.error_body(
+                "internal server error", status=500, code=m.SERVER_ERROR)))
         await _write_quietly(response, b"", eof=True)
         return response
 

@@ -199,3 +199,23 @@ async def test_diarized_json_names_an_enrolled_voiceprint(client, server) -> Non
             model="whisper-1", response_format="diarized_json", file=("two.wav", wav_bytes(audio)),
             known_speaker_names=["Nobody"])
     assert info.value.param == "known_speaker_names"
+
+
+async def test_damage_further_into_the_file_is_400(client) -> None:
+    import io
+
+    import soundfile as sf
+
+    audio = joined(READER[:3]).copy()
+    audio[16000 * 12] = np.nan  # past the first piece
+    buf = io.BytesIO()
+    sf.write(buf, audio, 16000, format="WAV", subtype="FLOAT")
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.audio.transcriptions.create(model="whisper-1", file=("nan.wav", buf.getvalue()))
+    assert info.value.code == "invalid_file_format" and "NaN" in info.value.message
+    stream = await client.audio.transcriptions.create(model="whisper-1", stream=True,
+                                                      file=("nan.wav", buf.getvalue()))
+    with pytest.raises(openai.APIError) as failed:
+        async for _event in stream:
+            pass
+    assert "NaN" in failed.value.message
