@@ -134,7 +134,12 @@ class FunASRRuntimeSession(Session):
             if message.is_speaking is False:
                 await self._end(message.is_end)
             return
-        if message.changes and message.apply(self.config) != self.config:
+        try:
+            changed = bool(message.changes) and message.apply(self.config) != self.config
+        except ProtocolError as err:
+            self._report(err)
+            return
+        if changed:
             self._report(ProtocolError(
                 m.BAD_CONFIG, "the configuration of an open input cannot change; end it with "
                 "{\"is_speaking\": false} and send the new configuration"))
@@ -305,8 +310,8 @@ class FunASRRuntimeSession(Session):
                     transcript = await self.recogniser.transcribe(
                         hyp.audio, language=self._language(config), word_timestamps=False,
                         prompt=config.prompt, priority=Priority.LIVE)
-                except (ExecutorBusy, ExecutorClosed):
-                    pass  # the stream's own decode of the utterance stands
+                except Exception as exc:  # noqa: BLE001 - the stream's own decode stands
+                    log.warning("hotword_decode_failed", error=f"{exc.__class__.__name__}: {exc}")
                 else:
                     text = transcript.text.strip()
                     self.hotwords_used = True
