@@ -63,6 +63,8 @@ class ErrorCode(enum.StrEnum):
     RECOGNITION_FAILED = "recognition_failed"
     SERVER_BUSY = "server_busy"
     SESSION_CLOSED = "session_closed"
+    # [cluster] redis_url set and Redis unreachable: the session cannot reach other instances.
+    CLUSTER_UNAVAILABLE = "cluster_unavailable"
 
 
 # Close codes of refusals: load (1013: try again later) or the client's own mistake (1008).
@@ -71,6 +73,7 @@ REFUSAL_CLOSE_CODES = {
     ErrorCode.TOO_MANY_SESSIONS: TRY_AGAIN_LATER,
     ErrorCode.TOO_MANY_RECEIVERS: TRY_AGAIN_LATER,
     ErrorCode.SERVER_BUSY: TRY_AGAIN_LATER,
+    ErrorCode.CLUSTER_UNAVAILABLE: TRY_AGAIN_LATER,
 }
 
 CODES = ErrorCodes(bad_message=ErrorCode.INVALID_MESSAGE, too_big=ErrorCode.MESSAGE_TOO_BIG,

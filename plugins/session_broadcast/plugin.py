@@ -31,4 +31,7 @@ def asrhub_register_protocols() -> list[ProtocolSpec]:
         # Identification embeds every segment: load the speaker model before reporting ready,
         # not in the first session (3 s load + a slow first embedding).
         preload=lambda s: ("speaker", "voiceprints") if s.identify_speakers else (),
+        # With [cluster] redis_url a sender and its receivers may reach different instances
+        # (results fan out through Redis): HAProxy balances this port by leastconn.
+        instance_affinity=False,
     )]

@@ -18,6 +18,14 @@ States::
   server shuts down, left for the core to close with 1001 after the last result; the registry
   has forgotten the session, so the same id starts a new session.
 
+With ``[cluster] redis_url`` (:mod:`.fanout`) a session spans instances. The instance that
+holds the sender takes the session's sender lock in Redis (a sender on another instance is
+refused like a second one here) and publishes each result and the end; an instance whose
+session has receivers and no sender (WAITING here) subscribes once and hands what arrives to its
+receivers, and the sender's end closes them as it closes the sender's own. Redis lost: the
+clients of the session get ``cluster_unavailable`` and are closed (1013); new ones are refused
+the same way until Redis is back.
+
 :class:`SenderConnection` and :class:`ReceiverConnection` are the kit's per-connection
 sessions: thin, they hand audio and arrivals/departures to the shared :class:`BroadcastSession`.
 """
@@ -35,7 +43,9 @@ import structlog
 from asrhub.engine import SAMPLE_RATE, Audio
 from asrhub.executor import ExecutorBusy, ExecutorClosed
 from asrhub.protocol import (
+    CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
+    CLOSE_TRY_AGAIN,
     Channel,
     CloseInfo,
     ProtocolContext,
@@ -45,6 +55,7 @@ from asrhub.protocol import (
 from asrhub.segmenter import SegmentEvent, SegmentPump, SpeechEnded, UtteranceSegmenter
 from asrhub.streaming import BacklogFull
 
+from .fanout import Bus, FanoutUnavailable, Feed, Owner, Remote
 from .messages import (
     EndOfAudio,
     ErrorCode,
@@ -62,6 +73,14 @@ log = structlog.get_logger("asrhub.session_broadcast")
 MAX_BAD_MESSAGES = 20
 CLOSE_INVALID_DATA = 1007
 SHUTDOWN_FLUSH_S = 30.0  # on server shutdown: time to recognise the audio already received
+# Tasks nobody awaits (closing clients and subscriptions): kept here until done.
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 class State(enum.Enum):
@@ -79,6 +98,7 @@ class BroadcastSession:
         ctx: ProtocolContext,
         *,
         on_closed: Callable[[BroadcastSession], None] | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.session_id = session_id
         self.settings = settings
@@ -100,6 +120,13 @@ class BroadcastSession:
         self._eof = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._ending = False  # _close_all under way
+        # Cluster mode: the bus; the sender lock and publisher when the sender is here; the
+        # subscription while receivers here wait for results from elsewhere.
+        self.bus = bus
+        self._owner: Owner | None = None
+        self._feed: Feed | None = None
+        self._feed_lock = asyncio.Lock()
 
     @property
     def audio_seconds(self) -> float:
@@ -127,21 +154,31 @@ class BroadcastSession:
         if self.state is State.WAITING and not self.receivers:
             self._mark_closed("no clients left")
 
-    def attach_sender(self, peer: Channel) -> None:
+    def check_sender(self) -> None:
+        """Refuse a sender now if it could not attach."""
         if self.state is State.WAITING:
-            self.sender = peer
-            self.state = State.LIVE
-            self._pump = SegmentPump(self._open_segmenter, self._vad_call, self._on_segments,
-                                     max_backlog_s=self.settings.max_backlog_s,
-                                     on_error=self._vad_failed)
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"broadcast-{self.session_id}")
             return
         if self.state is State.CLOSED:
             raise refusal(ErrorCode.SESSION_CLOSED, f"session {self.session_id!r} has ended")
         what = "already has a sender" if self.state is State.LIVE else "is finishing its last sender's audio"
         raise refusal(ErrorCode.SENDER_EXISTS,
                       f"session {self.session_id!r} {what}: one sender per session")
+
+    def attach_sender(self, peer: Channel, owner: Owner | None = None) -> None:
+        """``owner``: the session's sender lock (cluster mode), taken by the caller."""
+        self.check_sender()
+        if self.state is State.WAITING:
+            self.sender = peer
+            self.state = State.LIVE
+            if owner is not None:
+                self._owner = owner
+                owner.start(self._owner_lost)
+            self._drop_feed()  # results come from here now
+            self._pump = SegmentPump(self._open_segmenter, self._vad_call, self._on_segments,
+                                     max_backlog_s=self.settings.max_backlog_s,
+                                     on_error=self._vad_failed)
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"broadcast-{self.session_id}")
 
     def feed(self, pcm: Audio) -> None:
         """Queue the sender's audio (never blocks)."""
@@ -260,6 +297,88 @@ class BroadcastSession:
         if self.state is State.LIVE:
             self.end_of_audio(f"server error ({code})")
 
+    # ------------------------------------------------------------------ other instances
+
+    async def listen_remote(self) -> None:
+        """Cluster mode, receivers here and no sender here: subscribe to the session's results
+        (once per instance and session, shared by its receivers). Raises FanoutUnavailable."""
+        if self.bus is None:
+            return
+        async with self._feed_lock:
+            if self._feed is not None or self.state is not State.WAITING:
+                return
+            feed = await self.bus.subscribe(self.session_id, self._remote_message, self._remote_lost)
+            if self.state is State.WAITING:
+                self._feed = feed
+                return
+        await feed.close()  # a sender attached here meanwhile (or the session ended)
+
+    def _drop_feed(self) -> None:
+        if self._feed is not None:
+            feed, self._feed = self._feed, None
+            _spawn(feed.close())
+
+    def _remote_message(self, remote: Remote) -> None:
+        if self.state is not State.WAITING:
+            return  # the sender is here now, or the session is over
+        if remote.kind == "result":
+            self.results += 1
+            self._prune()
+            for peer in self.receivers:
+                peer.send_json(remote.body)
+            return
+        code, reason = remote.body.get("code"), remote.body.get("reason")
+        if not (isinstance(code, int) and 1000 <= code <= 4999):
+            code = CLOSE_NORMAL
+        if not isinstance(reason, str):
+            reason = "session ended"
+        self.end_reason = "the sender's session ended on another instance"
+        self._end_here(code, reason[:120])
+
+    def _remote_lost(self, why: str) -> None:
+        if self.state is not State.WAITING:
+            return
+        self.end_reason = "Redis unreachable"
+        self._end_here(CLOSE_TRY_AGAIN, "session lost: Redis unreachable", ProtocolError(
+            ErrorCode.CLUSTER_UNAVAILABLE,
+            f"{why}: results of this session's sender on another instance cannot reach this "
+            "receiver; connect again when Redis is back"))
+
+    def _end_here(self, code: int, reason: str, error: ProtocolError | None = None) -> None:
+        """A session without a sender here ends for its receivers here."""
+        receivers = [peer for peer in self.receivers if not peer.closed]
+        self._mark_closed(reason)
+        for peer in receivers:
+            if error is not None:
+                peer.send_error(error)
+            if not self.shutting_down:
+                peer.close_soon(code, reason)
+
+    def _owner_lost(self, why: str) -> None:
+        """The sender is here and Redis is gone (or the lock was lost): the session ends."""
+        if self.state in (State.LIVE, State.FINISHING) and not self._ending:
+            _spawn(self._cluster_failed(why))
+
+    async def _cluster_failed(self, why: str) -> None:
+        if self.state not in (State.LIVE, State.FINISHING) or self._ending:
+            return
+        error = ProtocolError(ErrorCode.CLUSTER_UNAVAILABLE,
+                              f"{why}: results can no longer reach receivers on other instances, "
+                              "so the session ends; start it again when Redis is back")
+        self._prune()
+        for peer in [self.sender, *self.receivers]:
+            if peer is not None and not peer.closed:
+                peer.send_error(error)
+        self.end_reason = "Redis unreachable"
+        if self.state is State.LIVE:
+            self.state = State.FINISHING  # no more audio
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._pump is not None:
+            await self._pump.close()
+        await self._close_all(CLOSE_TRY_AGAIN, "session ended: Redis unreachable", ack=False)
+
     # ------------------------------------------------------------------ clients
 
     def _prune(self) -> None:
@@ -271,6 +390,8 @@ class BroadcastSession:
             peer.send_json(message)
         if self.sender is not None and not self.sender.closed:
             self.sender.send_json(message)
+        if self._owner is not None:
+            self._owner.publish(message)
 
     def _tell_sender_error(self, err: ProtocolError) -> None:
         if self.sender is not None and not self.sender.closed:
@@ -283,18 +404,26 @@ class BroadcastSession:
             return
         self.state = State.CLOSED
         self.end_reason = self.end_reason or reason
+        self._drop_feed()
         self._closed.set()
         if self._on_closed is not None:
             self._on_closed(self)
 
     async def _close_all(self, code: int, reason: str, *, ack: bool) -> None:
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self._ending:
             return
+        self._ending = True
         if ack and self.sender is not None and not self.sender.closed:
             self.sender.send_json(closed_message(self.session_id, self.results, self.audio_seconds,
                                                  self.end_reason or reason))
-        sender, receivers = self.sender, list(self.receivers)
-        self._mark_closed(reason)
+        try:
+            if self._owner is not None:  # the end reaches the receivers on other instances
+                remote = (CLOSE_GOING_AWAY, "server shutting down") if self.shutting_down \
+                    else (code, reason)
+                await self._owner.finish(*remote)
+        finally:
+            sender, receivers = self.sender, list(self.receivers)
+            self._mark_closed(reason)
         if not self.shutting_down:  # else the core closes everybody with 1001 after this
             closing = [peer.close(code, reason) for peer in receivers if not peer.closed]
             if sender is not None and not sender.closed:
@@ -309,8 +438,9 @@ class BroadcastSession:
 class SessionRegistry:
     """The live sessions of one listener, by id."""
 
-    def __init__(self, ctx: ProtocolContext) -> None:
+    def __init__(self, ctx: ProtocolContext, bus: Bus | None = None) -> None:
         self.ctx = ctx
+        self.bus = bus  # cluster mode
         self.sessions: dict[str, BroadcastSession] = {}
 
     @property
@@ -321,18 +451,63 @@ class SessionRegistry:
         session = self.sessions.get(session_id)
         if session is not None and session.state is not State.CLOSED:
             return session
-        session = BroadcastSession(session_id, self.settings, self.ctx, on_closed=self._forget)
+        session = BroadcastSession(session_id, self.settings, self.ctx, on_closed=self._forget,
+                                   bus=self.bus)
         self.sessions[session_id] = session
         return session
 
     def with_sender(self) -> int:
         return sum(1 for s in self.sessions.values() if s.state in (State.LIVE, State.FINISHING))
 
-    def attach_sender(self, session: BroadcastSession, peer: Channel) -> None:
+    def check_sender(self, session: BroadcastSession) -> None:
         if session.state is State.WAITING and self.with_sender() >= self.settings.max_sessions:
             raise refusal(ErrorCode.TOO_MANY_SESSIONS,
                           f"the server already holds {self.settings.max_sessions} sessions")
-        session.attach_sender(peer)
+        session.check_sender()
+
+    def attach_sender(self, session: BroadcastSession, peer: Channel, owner: Owner | None = None) -> None:
+        self.check_sender(session)
+        session.attach_sender(peer, owner)
+
+    async def join_receiver(self, session_id: str, peer: Channel) -> BroadcastSession:
+        session = self.get_or_create(session_id)
+        session.add_receiver(peer)
+        try:
+            await session.listen_remote()
+        except FanoutUnavailable as exc:
+            session.remove_receiver(peer)
+            raise refusal(ErrorCode.CLUSTER_UNAVAILABLE,
+                          f"{exc}: receivers need it to get results from any instance; "
+                          "try again later") from None
+        return session
+
+    async def join_sender(self, session_id: str, peer: Channel) -> BroadcastSession:
+        session = self.get_or_create(session_id)
+        try:
+            self.check_sender(session)
+            if self.bus is None:
+                session.attach_sender(peer)
+                return session
+            try:
+                owner = await self.bus.acquire(session_id)
+            except FanoutUnavailable as exc:
+                raise refusal(ErrorCode.CLUSTER_UNAVAILABLE,
+                              f"{exc}: a sender needs it to reach receivers on every instance; "
+                              "try again later") from None
+            if owner is None:
+                raise refusal(ErrorCode.SENDER_EXISTS, f"session {session_id!r} already has a sender "
+                                                       "(on another instance): one sender per session")
+            session = self.get_or_create(session_id)  # it may have ended meanwhile
+            try:
+                self.attach_sender(session, peer, owner)
+            except BaseException:
+                await owner.release()
+                raise
+            return session
+        except BaseException:
+            if session.state is State.WAITING and not session.receivers:
+                session._mark_closed("sender refused")  # nobody left in it
+            raise
 
     def _forget(self, session: BroadcastSession) -> None:
         if self.sessions.get(session.session_id) is session:
@@ -341,6 +516,10 @@ class SessionRegistry:
     async def shutdown(self) -> None:
         await asyncio.gather(*(s.shutdown() for s in list(self.sessions.values())),
                              return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        pending = [task for task in _BACKGROUND if task.get_loop() is loop]
+        if pending:  # clients and subscriptions being closed
+            await asyncio.wait(pending, timeout=5.0)
 
 
 # ----------------------------------------------------------------------------- connections
