@@ -9,6 +9,7 @@ and stops the :class:`~.service.FileService` (queue, store) with the application
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
@@ -60,10 +61,30 @@ def error_envelope(err: ProtocolError) -> dict[str, Any]:
     return m.error(str(err.code), err.message, **err.extra)
 
 
+def make_service(hub: Any, settings: FileTranscriptionSettings) -> FileService:
+    """The single box's service (SQLite + own spool), or with ``[cluster] redis_url`` and
+    ``shared_spool_dir`` set the cluster's (Redis + shared spool)."""
+    if hub.cluster is not None and settings.shared_spool_dir:
+        from .cluster import ClusterFileService
+
+        log.info("file_cluster_mode", spool=settings.shared_spool_dir,
+                 instance=hub.cluster.instance_id, concurrency=settings.concurrency)
+        return ClusterFileService(hub, settings)
+    if hub.cluster is not None:
+        log.warning("file_tasks_not_shared", reason="[cluster] redis_url is set but "
+                    "[protocols.file_transcription] shared_spool_dir is not: file tasks, uploads "
+                    "and results stay in this instance")
+    if settings.concurrency < 1:
+        log.warning("file_concurrency_zero", reason="concurrency = 0 only makes sense in a "
+                    "cluster (another instance transcribes); this instance uses 1")
+        settings = dataclasses.replace(settings, concurrency=1)
+    return FileService(hub, settings)
+
+
 def setup(ctx: ProtocolContext) -> None:
     settings: FileTranscriptionSettings = ctx.settings
     assert ctx.app is not None
-    service = FileService(ctx.hub, settings)
+    service = make_service(ctx.hub, settings)
     ctx.app[SERVICE_KEY] = service
     auth_on = bool(ctx.listener.token)
 

@@ -96,13 +96,14 @@ class FileService:
         self._upload_locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[None]] = []
         self._janitor: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
         self._announced: dict[str, int] = {}  # the queue position last told per task
 
     @property
-    def store(self) -> TaskStore:
+    def store(self) -> Any:  # TaskStore, or RedisTaskStore in a cluster (same interface)
         if self._store is None:
             raise RuntimeError("the file service is not started")
         return self._store
@@ -113,21 +114,33 @@ class FileService:
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def _open_store(self) -> Any:
+        """This box's SQLite + spool (:class:`ClusterFileService` opens Redis + a shared spool)."""
+        return await asyncio.to_thread(TaskStore, self.root)
+
     async def start(self) -> None:
-        self._store = await asyncio.to_thread(TaskStore, self.root)
-        self.rtf = float(self.store.get_meta("rtf") or PRIOR_RTF)
+        self._store = await self._open_store()
+        try:
+            self.rtf = float(self.store.get_meta("rtf") or PRIOR_RTF)
+        except m.ProtocolError:  # a cluster's Redis is away: measured again later
+            self.rtf = PRIOR_RTF
         await self._recover()
         loop = asyncio.get_running_loop()
         self._workers = [loop.create_task(self._worker(), name=f"file-worker-{i}")
                          for i in range(self.settings.concurrency)]
         self._janitor = loop.create_task(self._expire_loop(), name="file-janitor")
         self._ticker = loop.create_task(self._tick_loop(), name="file-queue-updates")
-        log.info("file_service_started", root=str(self.root), queued=len(self._pending),
+        self._background = [loop.create_task(coro, name=name) for name, coro in self._extra_loops()]
+        log.info("file_service_started", root=str(self.store.root), queued=len(self._pending),
                  concurrency=self.settings.concurrency, rtf=round(self.rtf, 4))
+
+    def _extra_loops(self) -> list[tuple[str, Any]]:
+        """More background coroutines (the cluster's event listener, claim keeper)."""
+        return []
 
     async def stop(self) -> None:
         self._stopping = True
-        tasks: set[asyncio.Task[None]] = {*self._workers,
+        tasks: set[asyncio.Task[None]] = {*self._workers, *self._background,
                                           *(t for t in (self._janitor, self._ticker) if t is not None)}
         while tasks:
             # Cancel until they are gone: on Python 3.11 asyncio.wait_for (the executor's wait
@@ -135,7 +148,7 @@ class FileService:
             for task in tasks:
                 task.cancel()
             _, tasks = await asyncio.wait(tasks, timeout=0.5)
-        self._workers, self._janitor, self._ticker = [], None, None
+        self._workers, self._janitor, self._ticker, self._background = [], None, None, []
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -177,7 +190,10 @@ class FileService:
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(min(60.0, self.settings.upload_idle_minutes * 60 / 4))
-            self._expire_uploads()
+            try:
+                self._expire_uploads()
+            except m.ProtocolError:  # a cluster's Redis is away: next round
+                pass
 
     async def _tick_loop(self) -> None:
         """The seed's client gives up after 300 s without a message: tell every watcher of a
@@ -205,15 +221,13 @@ class FileService:
         task.state = str(new)
 
     def _fail(self, task: TaskRow, code: str, text: str, *, count: bool = True) -> None:
+        progress = self._running[task.task_id].progress if task.task_id in self._running else 0.0
         self._transition(task, TaskState.FAILED, error=json.dumps({"error": code, "message": text}),
-                         finished_at=time.time())
+                         finished_at=time.time(), progress=round(progress, 1))
         log.warning("file_task_failed", task_id=task.task_id, error=code, reason=text)
         if count:
             self.hub.count_error(PROTOCOL, code)
-        progress = self._running[task.task_id].progress if task.task_id in self._running else 0.0
-        self._publish(task.task_id, m.task_progress(task.task_id, progress, "failed", text))
-        self._publish(task.task_id, m.error(code, text, task_id=task.task_id))
-        self._subscribers.pop(task.task_id, None)
+        self._end(task.task_id, 0.0)
         self.store.remove_spool(task.task_id)
 
     @staticmethod
@@ -308,7 +322,7 @@ class FileService:
             raise m.ProtocolError(m.QUEUE_FULL, f"this client's files uploading or waiting would "
                                   f"take {declared + file_size} bytes, over its quota of "
                                   f"{settings.client_quota_bytes}; try again when one is done")
-        free = shutil.disk_usage(self.root).free
+        free = shutil.disk_usage(self.store.uploads).free
         reserved = self.store.reserved_bytes()
         if free - reserved - settings.min_free_disk_bytes < file_size:
             log.warning("file_disk_full", free=free, reserved=reserved, wanted=file_size)
@@ -330,6 +344,12 @@ class FileService:
     def abandon(self, task_id: str) -> None:
         """Drop an upload that received nothing (its client went away or started another):
         it would only hold a place among the pending tasks until it expired."""
+        try:
+            self._abandon(task_id)
+        except m.ProtocolError:  # a cluster's Redis is away: it expires later
+            pass
+
+    def _abandon(self, task_id: str) -> None:
         task = self.store.get(task_id)
         if (task is not None and task.state == TaskState.UPLOADING
                 and not self.store.received_chunks(task_id) and not self._busy(task_id)):
@@ -397,11 +417,14 @@ class FileService:
         self._transition(task, TaskState.QUEUED, queued_at=time.time(), duration=duration)
         if self._from_cache(task):
             return
-        self._pending.append(task.task_id)
-        self._wake.set()
+        self._enqueue(task.task_id)
         log.info("file_task_queued", task_id=task.task_id, file_name=task.file_name,
-                 size=task.file_size, audio_s=round(duration, 2) if duration else None,
-                 position=len(self._pending))
+                 size=task.file_size, audio_s=round(duration, 2) if duration else None)
+
+    def _enqueue(self, task_id: str) -> None:
+        """A queued task goes to the workers (here: this process's list)."""
+        self._pending.append(task_id)
+        self._wake.set()
 
     # ------------------------------------------------------------------ subscribers
 
@@ -418,8 +441,43 @@ class FileService:
                 del self._subscribers[task_id]
 
     def _publish(self, task_id: str, message: dict[str, Any]) -> None:
+        """Send to every watcher of the task (a cluster: on every instance)."""
+        self._deliver(task_id, message)
+
+    def _deliver(self, task_id: str, message: dict[str, Any]) -> None:
+        """Send to this process's watchers of the task."""
         for sub in list(self._subscribers.get(task_id, ())):
             sub.send(message)
+
+    def _end(self, task_id: str, elapsed: float) -> None:
+        """The task completed or failed (its final state is stored): tell its watchers once."""
+        self._deliver_end(task_id, elapsed)
+
+    def _deliver_end(self, task_id: str, elapsed: float) -> None:
+        """The final messages to this process's watchers of a finished task, who then stop
+        watching (``task_progress`` completed + ``task_complete`` in each one's format, or
+        ``task_progress`` failed + the task's ``error``)."""
+        subs = self._subscribers.pop(task_id, [])
+        if not subs:
+            return
+        task = self.store.get(task_id)
+        if task is None:
+            return
+        if task.state == TaskState.COMPLETED:
+            result = self.result_of(task)
+            if result is None:
+                return
+            duration = float(result.get("duration") or task.duration or 0.0)
+            for sub in subs:
+                sub.send(m.task_progress(task_id, 100.0, "completed", "转录完成"))
+                sub.send(self.complete_message(task, result, sub.output_format))
+                if sub.on_complete is not None:
+                    sub.on_complete(duration, elapsed)
+        elif task.state == TaskState.FAILED:
+            code, text = self.failure(task)
+            for sub in subs:
+                sub.send(m.task_progress(task_id, task.progress, "failed", text))
+                sub.send(m.error(code, text, task_id=task_id))
 
     def progress_message(self, task_id: str) -> dict[str, Any] | None:
         run = self._running.get(task_id)
@@ -466,7 +524,10 @@ class FileService:
             return
         run.stage, run.sent_progress, run.sent_at = stage, run.progress, now
         if self._store is not None:
-            self.store.update(run.task_id, progress=round(run.progress, 1))
+            try:
+                self.store.update(run.task_id, progress=round(run.progress, 1))
+            except m.ProtocolError:  # a cluster's Redis is away: progress is not worth failing for
+                pass
         self._publish(run.task_id, m.task_progress(run.task_id, run.progress, "processing", stage))
 
     def _from_cache(self, task: TaskRow) -> bool:
@@ -526,7 +587,10 @@ class FileService:
 
     def _complete(self, task: TaskRow, result: dict[str, Any], duration: float, elapsed: float, *,
                   measured: bool = True) -> None:
-        self.store.finish(task.task_id, task.cache_key, result, duration)
+        if not self.store.finish(task.task_id, task.cache_key, result, duration):
+            # A cluster: another instance finished this task first (it re-claimed it from us).
+            log.warning("file_task_finished_elsewhere", task_id=task.task_id)
+            return
         task.state, task.finished_at = str(TaskState.COMPLETED), time.time()
         if measured and duration > 1.0:
             self.rtf = (1 - RTF_WEIGHT) * self.rtf + RTF_WEIGHT * (elapsed / duration)
@@ -534,9 +598,5 @@ class FileService:
         log.info("file_task_completed", task_id=task.task_id, audio_s=round(duration, 2),
                  processing_s=round(elapsed, 3), rtf=round(elapsed / duration, 4) if duration else None,
                  segments=len(result["segments"]), speakers=len(result["speakers"]))
-        self._publish(task.task_id, m.task_progress(task.task_id, 100.0, "completed", "转录完成"))
-        for sub in self._subscribers.pop(task.task_id, []):
-            sub.send(self.complete_message(task, result, sub.output_format))
-            if sub.on_complete is not None:
-                sub.on_complete(duration, elapsed)
+        self._end(task.task_id, elapsed)
         self.store.remove_spool(task.task_id)

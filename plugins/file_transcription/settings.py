@@ -22,7 +22,8 @@ class FileTranscriptionSettings(ListenerSettings):
     heartbeat_s: float = 60.0
     # Largest file accepted (the seed's file_too_large).
     max_file_size_mb: float = 512.0
-    # File jobs transcribed at once; live protocols always go first in the executor.
+    # File jobs transcribed at once; live protocols always go first in the executor. In a
+    # cluster, 0 = this instance takes uploads and answers clients but transcribes nothing.
     concurrency: int = 1
     # Tasks waiting (queued) or being uploaded at once; beyond that upload_request is refused.
     max_pending_tasks: int = 64
@@ -62,6 +63,15 @@ class FileTranscriptionSettings(ListenerSettings):
     piece_seconds: float = 20.0
     # A task whose process died this many times while transcribing it is marked failed.
     max_attempts: int = 3
+    # Cluster ([cluster] redis_url set): a directory every instance reads and writes (a shared
+    # filesystem: NFS, CephFS, ...; on one host any common directory). Uploads are spooled
+    # there, and tasks, progress, results and the hash cache live in Redis, so any instance
+    # takes the next task and a client on any instance follows it. "" = file tasks stay per
+    # instance (SQLite + spool under state_dir), even with redis_url set.
+    shared_spool_dir: str = ""
+    # Cluster: a task whose instance has not confirmed it for this long (the instance died) is
+    # re-claimed by another one (Redis Streams XAUTOCLAIM) and transcribed again there.
+    claim_timeout_s: float = 60.0
 
     def validate(self) -> None:
         super().validate()
@@ -69,8 +79,11 @@ class FileTranscriptionSettings(ListenerSettings):
             raise ValueError("max_file_size_mb must be positive")
         if self.max_message_bytes < 64 * 1024:
             raise ValueError("max_message_bytes must be >= 65536 (uploads travel in messages)")
-        if self.concurrency < 1 or self.max_pending_tasks < 1 or self.max_attempts < 1:
-            raise ValueError("concurrency, max_pending_tasks and max_attempts must be >= 1")
+        if self.concurrency < 0 or self.max_pending_tasks < 1 or self.max_attempts < 1:
+            raise ValueError("concurrency must be >= 0 (0: a cluster instance that transcribes "
+                             "nothing), max_pending_tasks and max_attempts >= 1")
+        if not 1.0 <= self.claim_timeout_s <= 86400.0:
+            raise ValueError("claim_timeout_s must be between 1 and 86400")
         if self.max_pending_per_client < 1 or not self.client_quota_mb > 0:
             raise ValueError("max_pending_per_client must be >= 1 and client_quota_mb positive")
         if not self.min_free_disk_mb >= 0:

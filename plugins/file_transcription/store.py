@@ -249,8 +249,9 @@ class TaskStore:
         row = self.db.execute("SELECT COUNT(*) FROM tasks WHERE state IN ('uploading', 'queued')").fetchone()
         return int(row[0])
 
-    def finish(self, task_id: str, cache_key: str, result: dict[str, Any], duration: float) -> None:
-        """Store the result and mark the task completed, in one transaction."""
+    def finish(self, task_id: str, cache_key: str, result: dict[str, Any], duration: float) -> bool:
+        """Store the result and mark the task completed, in one transaction (True: one process
+        runs each task here, it is always the first to finish it)."""
         now = time.time()
         with self._transaction():
             self.db.execute("INSERT OR REPLACE INTO results (cache_key, task_id, result, created_at)"
@@ -260,6 +261,7 @@ class TaskStore:
                             " finished_at = ?, updated_at = ?, error = NULL WHERE task_id = ?",
                             (duration, now, now, task_id))
             self.db.execute("DELETE FROM chunks WHERE task_id = ?", (task_id,))
+        return True
 
     # ------------------------------------------------------------------ meta
 
