@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from asrhub.audio import AudioError, decode_bytes
 from asrhub.diarize import embed_spans, labels_from_embeddings, name_clusters
@@ -150,6 +151,7 @@ class AudioService:
             if req.stream:
                 return await self._stream(request, req, reader, engine_name, references)
             transcript = await self._recognise(request, req, reader, engine_name, references)
+            self._account(transcript.duration, time.perf_counter() - started)
             body, content_type = m.render(req, transcript)
             log.info("openai_request", task=task, model=req.model, format=req.response_format,
                      audio_s=round(transcript.duration, 2),
@@ -167,6 +169,13 @@ class AudioService:
                 reader.close()
             if upload.path is not None:
                 upload.path.unlink(missing_ok=True)
+
+    def _account(self, audio_s: float, processing_s: float) -> None:
+        """Audio and processing seconds of a finished request, as sessions count theirs."""
+        counters = self.hub.counter(self.ctx.name)
+        counters.audio_seconds += audio_s
+        counters.processing_seconds += processing_s
+        self.ctx.metrics.audio_seconds.labels(protocol=self.ctx.name).inc(audio_s)
 
     # ------------------------------------------------------------------ receiving
 
@@ -221,7 +230,7 @@ class AudioService:
         except ProtocolError:
             self._discard(upload)
             raise
-        except (ValueError, AssertionError) as exc:  # a malformed multipart body
+        except (ValueError, AssertionError, HttpProcessingError) as exc:  # a malformed body
             self._discard(upload)
             raise m.bad_request(f"malformed multipart/form-data body: {exc}") from None
         except BaseException:
@@ -286,6 +295,12 @@ class AudioService:
                          emit: Emit | None = None) -> Transcript:
         engine = await self._engine(engine_name)
         language = req.language or self.settings.language or None
+        check = getattr(engine, "resolve_language", None)  # engines that can say at once
+        if language is not None and check is not None:
+            try:
+                check(language)
+            except (EngineError, ValueError) as exc:
+                raise m.bad_request(str(exc), param="language") from None
         diarize = req.response_format == "diarized_json"
         segments: list[Segment] = []
         spans: list[tuple[float, float]] = []
@@ -464,9 +479,11 @@ class AudioService:
         async def emit(delta: str) -> None:
             await response.write(m.sse(m.delta_event(delta)))
 
+        started = time.perf_counter()
         try:
             transcript = await self._recognise(request, req, reader, engine_name, references,
                                                emit=emit)
+            self._account(transcript.duration, time.perf_counter() - started)
             if req.response_format == "diarized_json":
                 for index, seg in enumerate(transcript.segments):
                     await response.write(m.sse(m.diarized_segment(index, seg)))

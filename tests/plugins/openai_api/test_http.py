@@ -219,3 +219,29 @@ async def test_damage_further_into_the_file_is_400(client) -> None:
         async for _event in stream:
             pass
     assert "NaN" in failed.value.message
+
+
+async def test_plain_http_errors_in_openai_shape(base_url) -> None:
+    import aiohttp
+
+    auth = {"Authorization": "Bearer sk-test-asrhub"}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        cases = [("GET", "/audio/transcriptions", None, 405), ("GET", "/nope", None, 404),
+                 ("POST", "/audio/transcriptions", {"json": {"model": "whisper-1"}}, 415),
+                 ("POST", "/audio/transcriptions",
+                  {"data": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
+                  400),
+                 ("GET", "/realtime", None, 426)]
+        for method, path, kw, status in cases:
+            async with http.request(method, base_url + path, **(kw or {})) as resp:
+                body = await resp.json()
+                assert resp.status == status, (path, body)
+                assert set(body["error"]) == {"message", "type", "param", "code"}, body
+                assert "Traceback" not in body["error"]["message"]
+
+
+async def test_a_language_the_model_lacks_is_400(client) -> None:
+    with pytest.raises(openai.BadRequestError) as info:  # tiny.en is English only
+        await client.audio.transcriptions.create(model="whisper-1", language="zh",
+                                                 file=("a.wav", wav_bytes(joined([READER[1]]))))
+    assert info.value.param == "language"
