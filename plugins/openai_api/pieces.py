@@ -148,7 +148,10 @@ class PieceReader:
         if self._blocks is not None:
             close = getattr(self._blocks, "close", None)
             if close is not None:
-                close()  # runs the generator's finally: the container is closed
+                try:
+                    close()  # runs the generator's finally: the container is closed
+                except ValueError:
+                    pass  # a worker is inside it (the request was cancelled): it ends on its own
         self._buffer, self._buffered = [], 0
 
 
