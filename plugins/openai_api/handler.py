@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from asrhub.appkeys import REFUSAL_KEY
+from asrhub.config import ConfigError
 from asrhub.protocol import ErrorCodes, ProtocolContext, ProtocolError, WebSocketRoute
 
 from . import messages as m
@@ -27,6 +28,11 @@ def setup(ctx: ProtocolContext) -> None:
 
     app = ctx.app
     assert app is not None
+    installed = ctx.hub.engine_specs["asr"]
+    for model, engine in ctx.settings.models.items():
+        if engine and engine not in installed:
+            raise ConfigError(f"[protocols.{ctx.name}] models: {model!r} maps to {engine!r}, which "
+                              f"is no installed ASR engine ({', '.join(sorted(installed))})")
     service = AudioService(ctx)
     app.middlewares.append(openai_error_middleware())
     app[REFUSAL_KEY] = refusal

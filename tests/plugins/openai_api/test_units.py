@@ -154,3 +154,23 @@ def test_name_clusters_pairs_each_name_once() -> None:
     assert name_clusters(labels, embeddings, {"ann": a, "also-ann": a}, 0.5) == {0: "ann"} or \
         name_clusters(labels, embeddings, {"ann": a, "also-ann": a}, 0.5) == {0: "also-ann"}
     assert name_clusters(labels, embeddings, {"c": np.array([0, 0, 1], np.float32)}, 0.5) == {}
+
+
+async def test_models_table_from_config() -> None:
+    from asrhub.config import ConfigError
+    from asrhub.testing import make_hub, running_server
+
+    hub = make_hub({"engines": {"whisper": {"model": "tiny.en"}},
+                    "protocols": {"openai_api": {"models": {"local-fast": "whisper", "whisper-1": ""}}}},
+                   only=["openai_api"])
+    async with running_server(hub) as srv:
+        from asrhub_plugins.openai_api.service import SERVICE_KEY
+
+        service = srv.contexts["openai_api"].app[SERVICE_KEY]
+        assert service.model_table() == {"local-fast": "whisper", "whisper-1": "whisper",
+                                         "whisper": "whisper"}
+    bad = make_hub({"protocols": {"openai_api": {"models": {"x": "no-such-engine"}}}},
+                   only=["openai_api"])
+    with pytest.raises(ConfigError, match="no-such-engine"):
+        async with running_server(bad):
+            pass
