@@ -11,27 +11,27 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from asrhub.deploy import Route, haproxy_config
-from asrhub.testing import free_port, make_hub, testdata_dir
+from asrhub.testing import make_hub, testdata_dir
+
+from .cluster_harness import (
+    HAVE_CLUSTER_TOOLS,
+    NO_CLUSTER_TOOLS,
+    HAProxy,
+    Instance,
+    Redis,
+    http_json,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster,
-              pytest.mark.skipif(not (shutil.which("redis-server") and shutil.which("haproxy")),
-                                 reason="redis-server and haproxy (make system-deps) not installed")]
+              pytest.mark.skipif(not HAVE_CLUSTER_TOOLS, reason=NO_CLUSTER_TOOLS)]
 
 ENROLL = "zh/srdata_enroll_fangjun-sr-2.wav"  # 5.2 s: registration needs >= 3 s
 SAME = "zh/srdata_test_fangjun-test-sr-1.wav"
@@ -42,107 +42,6 @@ def pcm16(name: str) -> bytes:
     audio = audio.mean(axis=1)
     assert rate == 16000
     return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if predicate():
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def http_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-class Redis:
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--dir", str(self.workdir), "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        wait_until(lambda: redis.Redis(port=self.port).ping(), 20, "redis")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
-class Instance:
-    def __init__(self, tmp: Path, name: str, redis_url: str, disabled: list[str]) -> None:
-        self.name = name
-        self.port = free_port()
-        self.dir = tmp / name
-        self.dir.mkdir()
-        self.config = self.dir / "asrhub.toml"
-        lines = ["[server]", 'host = "127.0.0.1"', 'log_format = "json"', f'state_dir = "{self.dir}"',
-                 "[cluster]", f'redis_url = "{redis_url}"', f'instance_id = "{name}"',
-                 "health_interval_s = 0.5",
-                 "[engines]", 'voiceprints = "redis"',
-                 "[engines.whisper]", 'model = "tiny.en"',
-                 "[protocols.vad_stream]", f"port = {self.port}",
-                 "[protocols.vad_stream.static]", "enabled = false"]
-        lines += [f"[protocols.{n}]\nenabled = false" for n in disabled]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = (self.dir / "serve.log").open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "asrhub.cli", "serve", "--config",
-                                      str(self.config)], stdout=log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-    def ready(self) -> bool:
-        assert self.proc is not None and self.proc.poll() is None, self.log()
-        return http_json(f"http://127.0.0.1:{self.port}/health")["status"] == "ok"
-
-    def log(self) -> str:
-        return (self.dir / "serve.log").read_text()[-3000:]
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-class HAProxy:
-    def __init__(self, tmp: Path, backends: list[int]) -> None:
-        self.port = free_port()
-        self.cfg = tmp / "haproxy.cfg"
-        self.cfg.write_text(haproxy_config([Route("vad_stream", self.port, backends)],
-                                           bind="127.0.0.1", check_interval_ms=300))
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        check = subprocess.run(["haproxy", "-c", "-f", str(self.cfg)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout + check.stderr
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.cfg)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 async def vad_session(port: int):
