@@ -17,7 +17,6 @@ import signal
 import ssl
 import sys
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,7 +26,6 @@ from yarl import URL
 
 from asrhub.appkeys import CONTEXT_KEY, HUB_KEY, LISTENER_KEY, PUBLIC_PREFIXES_KEY, REFUSAL_KEY
 from asrhub.config import Config
-from asrhub.connection import OPEN_SOCKETS_KEY
 from asrhub.hub import Hub, Listener
 from asrhub.logsetup import configure_logging
 from asrhub.metrics import Metrics
@@ -194,7 +192,6 @@ class Server:
         self.transport = Transport(hub)
         self.contexts: dict[str, ProtocolContext] = {}
         self.states: dict[str, ListenerState] = {}
-        self.legacy_sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Future | None = None
 
@@ -219,7 +216,6 @@ class Server:
         app[LISTENER_KEY] = listener
         ctx = self.contexts[listener.label] = self.make_context(listener, app)
         app[CONTEXT_KEY] = ctx
-        app[OPEN_SOCKETS_KEY] = self.legacy_sockets
         if listener.extra is None:
             listener.spec.setup(ctx)
         elif listener.spec.setup_extra is not None:
@@ -349,9 +345,6 @@ class Server:
         for tcp in self.tcp_servers:
             tcp.close()
         await self.transport.shutdown(hub.config.server.drain_timeout)
-        for ws in list(self.legacy_sockets):  # handlers not yet on the kit's transport
-            with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
-                await asyncio.wait_for(ws.close(code=1001, message=b"server shutting down"), 2.0)
         await self._stop_runners()
         await hub.executor.shutdown(hub.config.server.drain_timeout)
         try:
