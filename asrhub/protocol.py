@@ -502,7 +502,7 @@ class ProtocolContext:
 # ----------------------------------------------------------------------------- transport
 
 
-def _map_failure(exc: BaseException, codes: ErrorCodes) -> ProtocolError:
+def map_failure(exc: BaseException, codes: ErrorCodes) -> ProtocolError:
     """Busy, closed and failed engines mean the same thing in every protocol."""
     if isinstance(exc, ProtocolError):
         return exc
@@ -693,7 +693,7 @@ class Transport:
         self.hub.session_closed(summary)
 
     def _report(self, channel: Channel, route: WebSocketRoute | TcpRoute, exc: BaseException) -> None:
-        err = _map_failure(exc, route.codes)
+        err = map_failure(exc, route.codes)
         if err.code == route.codes.internal and not isinstance(exc, ProtocolError):
             log.error("session_failed", error=repr(exc), exc_info=exc)
             channel.close_reason = f"server error: {exc.__class__.__name__}"
@@ -740,7 +740,7 @@ class Transport:
             except (ConnectionError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001
-                err = _map_failure(exc, codes)
+                err = map_failure(exc, codes)
                 if not err.fatal:  # a framing error leaves the stream unreadable
                     err = ProtocolError(err.code, err.message, fatal=True)
                 log.info("bad_frame", error=err.message)
@@ -784,5 +784,5 @@ def _ws_close_code(channel: Channel) -> int | None:
 
 __all__ = [
     "CloseInfo", "Channel", "ErrorCodes", "ListenerSettings", "ProtocolContext", "ProtocolError",
-    "Session", "TcpRoute", "Transport", "WebSocketRoute", "dumps", "loads",
+    "Session", "TcpRoute", "Transport", "WebSocketRoute", "dumps", "loads", "map_failure",
 ]

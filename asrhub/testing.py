@@ -544,7 +544,7 @@ class RecordingChannel:
         """One client message to ``session`` as the kit's receive loop hands it over: text to
         ``on_text``, bytes to ``on_binary``; what it raises becomes the protocol's error
         message, mapped as the kit maps it (``codes``; a fatal error closes the channel)."""
-        from asrhub.protocol import _map_failure
+        from asrhub.protocol import map_failure
 
         if self.closed:
             return
@@ -554,7 +554,7 @@ class RecordingChannel:
             else:
                 await session.on_binary(message)
         except Exception as exc:  # noqa: BLE001 - what the kit does with it
-            self.send_error(_map_failure(exc, self.codes))
+            self.send_error(map_failure(exc, self.codes))
 
     def types(self) -> list[Any]:
         return [m.get("type") if isinstance(m, dict) else type(m).__name__ for m in self.sent]
