@@ -154,7 +154,7 @@ async def test_kill_9_of_the_running_instance_completes_on_a_survivor_once(clust
             job.cancel()
         await client.disconnect()
     assert wer(reference(*names), result["text"]) <= MAX_WER, result["text"]
-    completes = [line for line in module.printed if "转录完成" in line]
+    completes = [line for line in module.printed if line == "✓ 转录完成"]
     assert len(completes) == 1, module.printed
     assert not [m for m in extra if m.get("type") == "task_complete"], extra
     assert task_state(redis, task_id)["state"] == "completed"
