@@ -212,6 +212,10 @@ async def test_redis_restarted_mid_task_no_crash_clear_errors_recovery(cluster):
         assert status["type"] == "error" and status["data"]["error"] == "server_busy", status
         for inst in instances:
             assert inst.alive(), inst.log()  # nobody crashed
+        # The instance running the task finishes transcribing without Redis and keeps the result.
+        wait_until(lambda: any(e.get("task_id") == task_id for inst in instances
+                               for e in inst.events("file_result_unsaved")), 240,
+                   "the running instance to hold its result")
         redis.start()  # same port, same append-only file: the queue and the task are still there
         for inst in instances:
             wait_until(lambda inst=inst: http_json(f"http://127.0.0.1:{inst.port}/health")["cluster"]["redis"]

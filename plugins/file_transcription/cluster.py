@@ -74,6 +74,8 @@ class ClusterFileService(FileService):
         self._keep = self.cluster.sync().register_script(KEEP)
         self._warned: set[str] = set()
         self._worker_numbers = itertools.count()
+        # Results transcribed while Redis was away, kept until they are stored.
+        self._unsaved: dict[str, tuple[Any, dict[str, Any], float, float, bool]] = {}
 
     @property
     def root(self) -> Path:
@@ -159,10 +161,11 @@ class ClusterFileService(FileService):
                     self._give_back(entry_id, task_id)
                     raise
                 except StoreUnavailable as exc:
-                    # Left pending: re-claimed (by any instance) once Redis is back.
                     self._redis_down(consumer, exc)
-                    self._claims.pop(task_id, None)
-                    continue
+                    if not await self._save_later(task_id):
+                        # Left pending: re-claimed (by any instance) once Redis is back.
+                        self._claims.pop(task_id, None)
+                        continue
                 finally:
                     self._claims.pop(task_id, None)
             await self._ack(entry_id)
@@ -236,6 +239,39 @@ class ClusterFileService(FileService):
                        "the same directory on every instance?)")
             return
         await self._run(task_id)
+
+    def _complete(self, task: Any, result: dict[str, Any], duration: float, elapsed: float, *,
+                  measured: bool = True) -> None:
+        try:
+            super()._complete(task, result, duration, elapsed, measured=measured)
+        except StoreUnavailable:
+            self._unsaved[task.task_id] = (task, result, duration, elapsed, measured)
+            log.warning("file_result_unsaved", task_id=task.task_id,
+                        reason="Redis is away: the result is kept here until it can be stored")
+            raise
+
+    async def _save_later(self, task_id: str) -> bool:
+        """A task transcribed while Redis was away: store its result (once, see
+        :meth:`RedisTaskStore.finish`) when Redis is back, keeping the claim meanwhile; False if
+        there is none, or the service stops first (then the task is re-claimed and runs again)."""
+        held = self._unsaved.get(task_id)
+        if held is None:
+            return False
+        task, result, duration, elapsed, measured = held
+        backoff = 0.5
+        try:
+            while not self._stopping:
+                await asyncio.sleep(backoff)
+                backoff = min(1.0, backoff * 2)  # soon after Redis is back, before a re-claim
+                try:
+                    super()._complete(task, result, duration, elapsed, measured=measured)
+                except StoreUnavailable:
+                    continue
+                log.info("file_result_saved", task_id=task_id)
+                return True
+            return False
+        finally:
+            self._unsaved.pop(task_id, None)
 
     async def _keep_claims(self) -> None:
         """Confirm this instance's running tasks, and announce its workers (queue estimates)."""

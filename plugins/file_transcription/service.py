@@ -594,7 +594,10 @@ class FileService:
         task.state, task.finished_at = str(TaskState.COMPLETED), time.time()
         if measured and duration > 1.0:
             self.rtf = (1 - RTF_WEIGHT) * self.rtf + RTF_WEIGHT * (elapsed / duration)
-            self.store.set_meta("rtf", f"{self.rtf:.6f}")
+            try:
+                self.store.set_meta("rtf", f"{self.rtf:.6f}")
+            except m.ProtocolError:  # a cluster's Redis just went away: saved next time
+                pass
         log.info("file_task_completed", task_id=task.task_id, audio_s=round(duration, 2),
                  processing_s=round(elapsed, 3), rtf=round(elapsed / duration, 4) if duration else None,
                  segments=len(result["segments"]), speakers=len(result["speakers"]))
