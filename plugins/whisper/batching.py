@@ -40,8 +40,8 @@ RECENT_S = 1.0  # decodes asked for within this long mean others may be on their
 class DecodeRequest:
     """One utterance to decode, and (once ``done``) its result."""
 
-    audio: np.ndarray
-    window: int  # mel frames the encoder should see (a partial may get more)
+    features: np.ndarray  # log-mel frames, (n_mels, window)
+    window: int  # mel frames the encoder sees
     language: str | None  # None: detect it from the encoder output
     previous: list[int]  # the previous-text prompt ([sot_prev, *tokens]) or []
     budget: int  # new tokens at most

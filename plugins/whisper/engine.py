@@ -77,6 +77,7 @@ WINDOW_STEP = 500
 MAX_SAMPLES = FULL_WINDOW * HOP
 MAX_NEW_TOKENS = 224
 MAX_LENGTH = 448  # the decoder's positions: prompt + generated tokens
+FEATURE_TAIL = SAMPLE_RATE  # silence after the audio whose log-mel frames are computed
 SHORT_CLIP_S = 20.0
 # faster-whisper's defaults for dropping silence and detecting loops.
 NO_SPEECH_THRESHOLD = 0.6
@@ -263,7 +264,7 @@ class WhisperEngine:
             language = "en"
         previous = previous_text.strip()
         request = DecodeRequest(
-            audio=audio, window=window, language=language,
+            features=self._features(audio, window), window=window, language=language,
             previous=self._previous_prompt(previous), budget=token_budget(duration),
             final=not partial or exact)  # a forced window (a retry) is urgent
         self.batcher.submit(request)
@@ -307,8 +308,20 @@ class WhisperEngine:
         return [self._tokenizer("en").sot_prev, *previous[-(MAX_NEW_TOKENS - 1):]]
 
     def _features(self, audio: Audio, window: int) -> np.ndarray:
-        # Padding as faster-whisper does it, so that the log-mel normalisation is the same.
-        return self._model.feature_extractor(audio, padding=window * HOP)[:, :window]
+        """Log-mel frames of ``audio`` padded with silence to ``window`` frames, exactly as
+        faster-whisper computes them (``feature_extractor(audio, padding=window * HOP)``) but
+        without the cost of a 30 s spectrogram for a 3 s clip: every frame of the padding is
+        the same value (silence, clamped to the loudest frame - 8), so the spectrogram is
+        computed over the audio and 1 s of silence, and the rest is that value (tested)."""
+        tail = min(window * HOP, FEATURE_TAIL)
+        frames = self._model.feature_extractor(audio, padding=tail)
+        if tail == window * HOP:
+            return frames[:, :window]
+        exact = min(window, (len(audio) + tail) // HOP - 8)  # clear of the last STFT frames
+        out = np.empty((frames.shape[0], window), dtype=np.float32)
+        out[:, :exact] = frames[:, :exact]
+        out[:, exact:] = frames[:, -1:]  # a frame of silence only
+        return out
 
     def _run_batch(self, batch: list[DecodeRequest]) -> None:
         """One engine call for every request of ``batch`` (see :mod:`.batching`): fills in
@@ -317,8 +330,7 @@ class WhisperEngine:
         import ctranslate2
 
         window = batch[0].window  # the batcher groups requests by window
-        features = np.ascontiguousarray(
-            np.stack([self._features(r.audio, window) for r in batch]), dtype=np.float32)
+        features = np.ascontiguousarray(np.stack([r.features for r in batch]), dtype=np.float32)
         with self._running(len(batch)):
             encoded = self._ct2.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
             if any(r.language is None for r in batch):

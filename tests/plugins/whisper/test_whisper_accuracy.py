@@ -103,7 +103,8 @@ def test_stream_finals_are_full_window_decodes(tiny: WhisperEngine, clip) -> Non
 # ---------------------------------------------------------------------- batching
 
 def _request(engine: WhisperEngine, audio: np.ndarray, *, partial: bool = False) -> DecodeRequest:
-    return DecodeRequest(audio=audio, window=FULL_WINDOW if not partial else 1000,
+    window = FULL_WINDOW if not partial else 1000
+    return DecodeRequest(features=engine._features(audio, window), window=window,
                          language=None if engine.multilingual else "en", previous=[],
                          budget=token_budget(len(audio) / 16000), final=not partial)
 
@@ -175,3 +176,13 @@ def test_a_failing_batch_fails_each_of_its_callers(tiny: WhisperEngine) -> None:
     with pytest.raises(RuntimeError, match="model gone"):
         batcher.submit(_request(tiny, np.zeros(16000, np.float32)))
     assert not batcher.busy
+
+
+@pytest.mark.parametrize("name", [CLIPS[0], CLIPS[1], REPEATING])
+@pytest.mark.parametrize("window", [1000, 1500, FULL_WINDOW])
+def test_features_are_faster_whispers_exactly(tiny: WhisperEngine, clip, name: str,
+                                              window: int) -> None:
+    audio = clip(name)
+    expected = tiny._model.feature_extractor(audio, padding=window * 160)[:, :window]
+    assert np.array_equal(tiny._features(audio, window), expected)
+
