@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import os
 import platform
@@ -399,9 +400,12 @@ async def run_phase(system: str, executor: InferenceExecutor, open_stream: Calla
             record.stream = stream
             finals = record.sessions.setdefault(number, [])
 
-            async def on_hypotheses(hyps: list[Hypothesis], finals=finals) -> None:
+            async def on_hypotheses(hyps: list[Hypothesis], finals=finals, begin=begin) -> None:
                 now = time.perf_counter()
                 for hyp in hyps:
+                    # the session's clock starts at ``begin`` of the timeline
+                    hyp = dataclasses.replace(hyp, start=hyp.start + begin / SAMPLE_RATE,
+                                              end=hyp.end + begin / SAMPLE_RATE)
                     (finals if hyp.is_final else record.partials).append((now, hyp))
 
             pump = StreamPump(executor, stream, on_hypotheses, engine="whisper",
@@ -568,12 +572,14 @@ async def measure(args: argparse.Namespace, counts: list[int], info: RunInfo) ->
             timelines = [build_timeline(clips, i, args.seconds) for i in range(count)]
             results = []
             for name, opener in systems:
+                if batcher is not None:
+                    batcher.stats = type(batcher.stats)()
                 result = await run_phase(name, executor, opener, timelines, args.stop_each)
                 results.append(result)
-                print_rows([result])
                 if batcher is not None and name == "asrhub":
-                    stats, batcher.stats = batcher.stats, type(batcher.stats)()
+                    stats = batcher.stats
                     result.batches = f"{stats.mean_size:.2f} / {stats.largest}"
+                print_rows([result])
                 if args.verbose:
                     for u in result.utterances:
                         print(f"    {u.spoken_at:6.1f}s  latency {u.latency}  wer {u.wer}  {u.text!r}")
