@@ -11,7 +11,7 @@ VAD's wait for the pause that ends the sentence). The client itself is not modif
 bench runs it under a wrapper that only records when each WebSocket message was sent
 (a patched ``send`` in the client's process). The server's RSS is sampled every second.
 
-    .venv/bin/python bench/funasr_runtime.py --clients 4 --seconds 40 --rounds 2 --model tiny.en
+    .venv/bin/python bench/funasr_runtime.py --clients 1,4 --seconds 30 --rounds 3 --model tiny.en
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,13 +84,77 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def run_round(tmp: Path, client: Path, port: int, clients: int, seconds: float,
+              tag: str) -> tuple[list[float], int, int]:
+    """One run of FunASR's client with ``clients`` processes; per-sentence latencies."""
+    work = tmp / tag
+    work.mkdir()
+    recordings, ends = [], {}
+    for i in range(clients):
+        path = work / f"rec{i}.wav"
+        ends[f"rec{i}"] = build_recording(i, seconds, path)
+        recordings.append(f"rec{i} {path}")
+    (work / "wav.scp").write_text("\n".join(recordings) + "\n")
+    sends, out, logs = work / "sends", work / "out", work / "logs"
+    sends.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(tmp / "wrapper.py"), str(client), "--host", "127.0.0.1",
+         "--port", str(port), "--ssl", "0", "--mode", "2pass", "--audio_in",
+         str(work / "wav.scp"), "--thread_num", str(clients), "--output_dir", str(out),
+         "--log_dir", str(logs)],
+        cwd=work, capture_output=True, text=True, env={**os.environ, "SEND_LOG_DIR": str(sends)})
+    if proc.returncode != 0:
+        print(proc.stdout[-2000:], proc.stderr[-2000:])
+        raise SystemExit("FunASR's client failed")
+    # When each client sent the end of each sentence.
+    sent_at: dict[str, list[float]] = {}
+    for path in sends.glob("*.jsonl"):
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        first = next(e for e in entries if "text" in e)
+        name = json.loads(first["text"])["wav_name"]
+        stamps, total = [], 0
+        for entry in entries:
+            if "bytes" in entry:
+                total += entry["bytes"]
+                stamps.append((total / (2 * SR), entry["t"]))
+        sent_at[name] = [next(t for pos, t in stamps if pos >= end - 1e-6) for end in ends[name]]
+    events = []
+    for path in logs.glob("meeting_*/events.jsonl"):
+        events += [json.loads(line) for line in path.read_text().splitlines()]
+    latencies: list[float] = []
+    sentences = missed = 0
+    for name, times in sent_at.items():
+        results = sorted(e["recv_ts"] for e in events
+                         if e["wav_name"] == name and e["mode"] == "2pass-offline")
+        sentences += len(times)
+        if len(results) == len(times):  # one result per sentence: pair them in order
+            latencies += [r - t for r, t in zip(results, times, strict=True)]
+            continue
+        # The VAD split or joined sentences: the last result before the next sentence's end.
+        for k, end_sent in enumerate(times):
+            limit = times[k + 1] if k + 1 < len(times) else float("inf")
+            got = [r for r in results if end_sent < r <= limit]
+            if got:
+                latencies.append(got[-1] - end_sent)
+            else:
+                missed += 1
+    return latencies, sentences, missed
+
+
+def quantile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=40.0, help="audio per client per round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", default="1,4",
+                        help="concurrent clients per run, comma-separated (each run in turn)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="audio per client per round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the largest client count")
     parser.add_argument("--model", default="tiny.en")
     args = parser.parse_args()
+    counts = [int(c) for c in args.clients.split(",")]
 
     client = testdata_dir().parent / "peers" / "funasr-runtime" / "funasr_wss_client.py"
     tmp = Path(tempfile.mkdtemp(prefix="bench-funasr-runtime-"))
@@ -109,12 +172,6 @@ def main() -> None:
         "[engines.whisper]", f'model = "{args.model}"', 'language = "en"',
         "[protocols.funasr_runtime]", f"port = {port}",
         *[f"[protocols.{n}]\nenabled = false" for n in others]]) + "\n")
-    recordings, ends = [], {}
-    for i in range(args.clients):
-        path = tmp / f"rec{i}.wav"
-        ends[f"rec{i}"] = build_recording(i, args.seconds, path)
-        recordings.append(f"rec{i} {path}")
-    (tmp / "wav.scp").write_text("\n".join(recordings) + "\n")
     (tmp / "wrapper.py").write_text(WRAPPER)
 
     load_before = uptime()
@@ -122,8 +179,9 @@ def main() -> None:
     log = (tmp / "serve.log").open("wb")
     server = subprocess.Popen([str(exe), "serve", "--config", str(config)], stdout=log,
                               stderr=subprocess.STDOUT)
-    rss: list[tuple[float, float]] = []
+    rss: list[float] = []
     stop = threading.Event()
+    rows = []
     try:
         for _ in range(600):
             try:
@@ -131,80 +189,40 @@ def main() -> None:
                     break
             except OSError:
                 time.sleep(0.5)
-        started = time.time()
-        rss.append((0.0, rss_mb(server.pid)))
+        ready_rss = rss_mb(server.pid)
 
         def sample() -> None:
             while not stop.wait(1.0):
-                rss.append((time.time() - started, rss_mb(server.pid)))
+                rss.append(rss_mb(server.pid))
 
         threading.Thread(target=sample, daemon=True).start()
-        latencies: list[float] = []
-        missed = sentences = 0
-        round_rss = []
-        for round_no in range(args.rounds):
-            sends = tmp / f"sends{round_no}"
-            sends.mkdir()
-            out, logs = tmp / f"out{round_no}", tmp / f"logs{round_no}"
-            proc = subprocess.run(
-                [sys.executable, str(tmp / "wrapper.py"), str(client), "--host", "127.0.0.1",
-                 "--port", str(port), "--ssl", "0", "--mode", "2pass", "--audio_in",
-                 str(tmp / "wav.scp"), "--thread_num", str(args.clients), "--output_dir",
-                 str(out), "--log_dir", str(logs)],
-                cwd=tmp, capture_output=True, text=True,
-                env={**os.environ, "SEND_LOG_DIR": str(sends)})
-            if proc.returncode != 0:
-                print(proc.stdout[-2000:], proc.stderr[-2000:])
-                raise SystemExit("FunASR's client failed")
-            round_rss.append(rss_mb(server.pid))
-            # When each client sent the end of each sentence.
-            sent_at: dict[str, list[float]] = {}
-            for path in sends.glob("*.jsonl"):
-                entries = [json.loads(line) for line in path.read_text().splitlines()]
-                first = next(e for e in entries if "text" in e)
-                name = json.loads(first["text"])["wav_name"]
-                stamps, total = [], 0
-                for entry in entries:
-                    if "bytes" in entry:
-                        total += entry["bytes"]
-                        stamps.append((total / (2 * SR), entry["t"]))
-                sent_at[name] = [next(t for pos, t in stamps if pos >= end - 1e-6)
-                                 for end in ends[name]]
-            events = []
-            for path in logs.glob("meeting_*/events.jsonl"):
-                events += [json.loads(line) for line in path.read_text().splitlines()]
-            for name, times in sent_at.items():
-                results = sorted(e["recv_ts"] for e in events
-                                 if e["wav_name"] == name and e["mode"] == "2pass-offline")
-                for k, end_sent in enumerate(times):
-                    sentences += 1
-                    limit = times[k + 1] if k + 1 < len(times) else float("inf")
-                    got = [r for r in results if end_sent < r <= limit]
-                    if got:
-                        latencies.append(got[-1] - end_sent)
-                    else:
-                        missed += 1
-        stop.set()
+        for count in counts:
+            rounds = args.rounds if count == max(counts) else 1
+            for round_no in range(rounds):
+                started = time.time()
+                latencies, sentences, missed = run_round(tmp, client, port, count, args.seconds,
+                                                         f"c{count}r{round_no}")
+                rows.append((count, round_no + 1, sentences, len(latencies), missed,
+                             quantile(latencies, 0.5), quantile(latencies, 0.95),
+                             max(latencies, default=float("nan")), rss_mb(server.pid),
+                             time.time() - started))
     finally:
         stop.set()
         server.terminate()
         server.wait(60)
     load_after = uptime()
-    latencies.sort()
-    p = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies \
-        else (lambda q: float("nan"))
-    print(f"\n{args.clients} FunASR client(s) (--mode 2pass --thread_num {args.clients}), "
-          f"{args.seconds:.0f} s of speech each per round, {args.rounds} round(s), real-time "
-          f"pace, model {args.model}, {os.cpu_count()} CPU(s)")
+    print(f"\nFunASR's client, --mode 2pass --thread_num N, {args.seconds:.0f} s of speech per "
+          f"client per round (sentences with {GAP_S} s pauses), real-time pace, model "
+          f"{args.model}, Silero VAD, {os.cpu_count()} CPU(s)")
     print(f"load before: {load_before}")
     print(f"load after:  {load_after}")
-    print(f"sentences: {sentences}, with a 2pass-offline result: {len(latencies)}, "
-          f"missed: {missed}")
-    if latencies:
-        print(f"sentence end → 2pass-offline: p50 {p(0.5):.2f} s, p95 {p(0.95):.2f} s, "
-              f"max {latencies[-1]:.2f} s, mean {statistics.mean(latencies):.2f} s")
-    print("server RSS (MB): ready {:.0f}, after each round {}, max {:.0f}".format(
-        rss[0][1], ", ".join(f"{r:.0f}" for r in round_rss), max(r for _, r in rss)))
+    print(f"server RSS when ready: {ready_rss:.0f} MB, max over the run: {max(rss, default=0):.0f} MB")
+    print()
+    print("  N round sentences results missed  p50 s  p95 s  max s  RSS after MB  wall s")
+    for row in rows:
+        print("{:3d} {:5d} {:9d} {:7d} {:6d} {:6.2f} {:6.2f} {:6.2f} {:13.0f} {:7.1f}".format(*row))
+    print("(latency: the client sent a sentence's last audio → its 2pass-offline arrived; it "
+          "includes the VAD's 0.5 s wait for the pause that ends the sentence)")
 
 
 if __name__ == "__main__":
