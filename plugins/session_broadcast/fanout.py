@@ -13,13 +13,15 @@ Without ``[cluster] redis_url`` none of this runs: one instance fans out in proc
   session, which puts it in each receiver's own bounded outbox (a stuck receiver never slows
   the others).
 
-Every message is JSON ``{"o": owner token, "n": sequence, "t": "result" | "end", "m": ...}``:
-``m`` is the result exactly as receivers get it, or ``{"code": close code, "reason": ...}`` for
-the end. A feed drops a message it has already seen (a publish retried by the client).
+Every message is JSON ``{"o": owner token, "n": sequence, "t": "start" | "result" | "end",
+"m": ...}``: ``m`` is ``{}`` for the start (a sender attached), the result exactly as receivers
+get it, or ``{"code": close code, "reason": ...}`` for the end. A feed drops a message it has already seen (a publish retried by the client).
 
 Redis lost: the owner's publish or lock refresh fails, the feed's connection drops (its client
 never retries, so a gap is never silent). Either side calls its ``on_lost(why)`` once; the
-session tells its clients with the protocol's own error and closes them.
+session tells its clients with the protocol's own error and closes them. A sender's instance
+that dies publishes no end: a feed that sees the sender's lock expire without one hands its
+session an end (1001) itself.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from asrhub.protocol import dumps
+from asrhub.protocol import CLOSE_GOING_AWAY, dumps
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -76,7 +78,7 @@ class Remote:
 
     owner: str
     seq: int
-    kind: str  # "result" | "end"
+    kind: str  # "start" | "result" | "end"
     body: dict[str, Any]
 
 
@@ -87,7 +89,7 @@ def decode(data: bytes | str) -> Remote | None:
         owner, seq, kind, body = raw["o"], raw["n"], raw["t"], raw["m"]
     except (ValueError, TypeError, KeyError):
         return None
-    if not (isinstance(owner, str) and isinstance(seq, int) and kind in ("result", "end")
+    if not (isinstance(owner, str) and isinstance(seq, int) and kind in ("start", "result", "end")
             and isinstance(body, dict)):
         return None
     return Remote(owner, seq, kind, body)
@@ -149,6 +151,7 @@ class Owner:
 
     def start(self, on_lost: Callable[[str], None]) -> None:
         self._on_lost = on_lost
+        self._queue.put_nowait(self._payload("start", {}))  # feeds learn who holds the sender
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._publish_loop(), name=f"broadcast-pub-{self.session_id}"),
                        loop.create_task(self._refresh_loop(), name=f"broadcast-lock-{self.session_id}")]
@@ -248,6 +251,9 @@ class Feed:
         self._pubsub: redis.asyncio.client.PubSub | None = None
         self._task: asyncio.Task[None] | None = None
         self._last: dict[str, int] = {}  # owner token -> last sequence number seen
+        self._owner = ""  # the sender's lock token, from its last message
+        self._ended = False
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Subscribed (confirmed by Redis) when it returns; FanoutUnavailable otherwise."""
@@ -257,8 +263,9 @@ class Feed:
         except _redis_errors() as exc:
             await self._reset()
             raise FanoutUnavailable(describe(exc)) from None
-        self._task = asyncio.get_running_loop().create_task(
-            self._read(), name=f"broadcast-feed-{self.session_id}")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._read(), name=f"broadcast-feed-{self.session_id}")
+        self._watch = loop.create_task(self._watch_owner(), name=f"broadcast-watch-{self.session_id}")
 
     async def _subscribe(self) -> None:
         assert self._pubsub is not None
@@ -296,15 +303,41 @@ class Feed:
         if len(self._last) > 64:  # owners come and go; keep the map small
             self._last.clear()
         self._last[remote.owner] = remote.seq
+        self._owner, self._ended = remote.owner, remote.kind == "end"
         self.received += 1
         self._on_message(remote)
 
+    async def _watch_owner(self) -> None:
+        """A sender's instance that dies (kill -9, power) publishes no end: once its lock has
+        expired without one, the session ends here too (1001), as it would for clients of
+        that instance."""
+        client = self.bus.cluster.aio()
+        key = self.bus.owner_key(self.session_id)
+        while True:
+            await asyncio.sleep(self.bus.owner_ttl_s / 2)
+            if not self._owner or self._ended:
+                continue
+            owner = self._owner
+            try:
+                held = await client.get(key)
+            except _redis_errors():
+                continue  # the subscription reports Redis itself
+            if held == owner.encode():
+                continue
+            await asyncio.sleep(2 * POLL_S)  # an end published just before the lock was freed
+            if self._owner == owner and not self._ended:
+                log.warning("broadcast_sender_instance_gone", session_id=self.session_id)
+                self._ended = True
+                self._on_message(Remote(owner, 0, "end", {
+                    "code": CLOSE_GOING_AWAY, "reason": "session ended: the sender's instance went away"}))
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watch = None
         await self._reset()
 
     async def _reset(self) -> None:

@@ -319,8 +319,8 @@ class BroadcastSession:
             _spawn(feed.close())
 
     def _remote_message(self, remote: Remote) -> None:
-        if self.state is not State.WAITING:
-            return  # the sender is here now, or the session is over
+        if self.state is not State.WAITING or remote.kind == "start":
+            return  # the sender is here now, or the session is over; a start changes nothing
         if remote.kind == "result":
             self.results += 1
             self._prune()

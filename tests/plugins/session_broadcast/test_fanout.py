@@ -132,9 +132,10 @@ async def test_results_in_order_once_per_subscriber_and_the_lock(instances):
     for i in range(50):
         owner.publish({"asr": f"r{i}", "spk": {}})
     await owner.finish(1000, "session ended")
-    await until(lambda: len(got) == 51)
-    assert [r.body for r in got[:50]] == [{"asr": f"r{i}", "spk": {}} for i in range(50)]
-    assert [r.seq for r in got] == list(range(1, 52))
+    await until(lambda: len(got) == 52)
+    assert got[0].kind == "start" and got[0].owner == owner.token
+    assert [r.body for r in got[1:51]] == [{"asr": f"r{i}", "spk": {}} for i in range(50)]
+    assert [r.seq for r in got] == list(range(1, 53))
     assert got[-1].kind == "end" and got[-1].body == {"code": 1000, "reason": "session ended"}
     assert own == [] and lost == []  # an instance skips its own messages
     # the lock is free again: the next sender may be anywhere
@@ -170,6 +171,31 @@ async def test_the_lock_is_refreshed_while_the_sender_lives(hub, redis_server):
         assert await b.bus.acquire("bus-3") is None
         await owner.release()
         assert await b.cluster.aio().exists(b.bus.owner_key("bus-3")) == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_sender_instance_that_dies_ends_the_session_elsewhere(hub, redis_server):
+    """No end is ever published (the process died): once its lock expires, the receivers on
+    other instances are closed (1001) instead of waiting forever."""
+    a = Instance(hub, redis_server.url, "a", owner_ttl_s=1.0, refresh_s=0.2)
+    b = Instance(hub, redis_server.url, "b", owner_ttl_s=1.0)
+    try:
+        receiver = b.channel()
+        session = await b.registry.join_receiver("dies", receiver)
+        owner = await a.bus.acquire("dies")
+        assert owner is not None
+        owner.start(lambda why: None)
+        owner.publish({"asr": "last words", "spk": {}})
+        await until(lambda: len(receiver.results) == 1)
+        for task in owner._tasks:  # the process is gone: no more refreshes, no end, no release
+            task.cancel()
+        await until(lambda: receiver.close_code is not None)
+        assert (receiver.close_code, receiver.close_reason) == (
+            1001, "session ended: the sender's instance went away")
+        assert session.state is State.CLOSED and b.registry.sessions == {}
+        assert receiver.results == [{"asr": "last words", "spk": {}}]
     finally:
         await a.close()
         await b.close()
