@@ -348,6 +348,9 @@ class BroadcastSession:
         """A session without a sender here ends for its receivers here."""
         receivers = [peer for peer in self.receivers if not peer.closed]
         self._mark_closed(reason)
+        log.info("broadcast_session_closed", session_id=self.session_id, reason=self.end_reason,
+                 results=self.results, receivers_peak=self.receivers_peak, sender="remote",
+                 duration_s=round(time.monotonic() - self.opened, 3))
         for peer in receivers:
             if error is not None:
                 peer.send_error(error)
