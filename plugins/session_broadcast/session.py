@@ -477,11 +477,13 @@ class SessionRegistry:
         session.add_receiver(peer)
         try:
             await session.listen_remote()
-        except FanoutUnavailable as exc:
+        except BaseException as exc:  # refused, or the client went away while joining
             session.remove_receiver(peer)
-            raise refusal(ErrorCode.CLUSTER_UNAVAILABLE,
-                          f"{exc}: receivers need it to get results from any instance; "
-                          "try again later") from None
+            if isinstance(exc, FanoutUnavailable):
+                raise refusal(ErrorCode.CLUSTER_UNAVAILABLE,
+                              f"{exc}: receivers need it to get results from any instance; "
+                              "try again later") from None
+            raise
         return session
 
     async def join_sender(self, session_id: str, peer: Channel) -> BroadcastSession:

@@ -269,6 +269,25 @@ async def test_receivers_leaving_drop_the_subscription(instances):
     assert await subscribers(b, "s2") == 0
 
 
+async def test_the_sender_instance_shutting_down_closes_remote_receivers_with_1001(hub, redis_server):
+    a = Instance(hub, redis_server.url, "a")
+    b = Instance(hub, redis_server.url, "b")
+    try:
+        remote, sender = b.channel(), a.channel()
+        await b.registry.join_receiver("s6", remote)
+        session = await a.registry.join_sender("s6", sender)
+        await feed(session, np.concatenate([speech(1.1, 6), pause(1.0)]))
+        await until(lambda: len(remote.results) == 1)
+        await a.registry.shutdown()  # what the server does on SIGTERM, after its drain
+        await until(lambda: remote.close_code is not None)
+        assert (remote.close_code, remote.close_reason) == (1001, "server shutting down")
+        assert remote.results == sender.results
+        assert await a.cluster.aio().exists(a.bus.owner_key("s6")) == 0  # the lock was freed
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_redis_lost_mid_session_then_back(hub, redis_server):
     """Redis stops: B's receivers and A's sender and receiver get cluster_unavailable and 1013;
     newcomers are refused the same way; Redis back: a new session works."""
