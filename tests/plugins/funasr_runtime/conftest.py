@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -42,14 +43,15 @@ def reference(name: str) -> str:
     return manifest()[name]["transcript"]
 
 
-def write_config(tmp: Path, port: int, extra: list[str] | None = None) -> Path:
+def write_config(tmp: Path, port: int, extra: list[str] | None = None,
+                 listener: list[str] | None = None) -> Path:
     others = [name for name in Hub(parse_config({}), make_plugin_manager()).protocols
               if name != PROTOCOL]
     lines = ["[server]", 'host = "127.0.0.1"', f'state_dir = "{tmp / "state"}"',
              'log_format = "json"', "[executor]", "workers = 2",
              *(extra or ["[engines]", 'asr = "whisper"', 'vad = "silero"',
                          "[engines.whisper]", 'model = "tiny.en"', 'language = "en"']),
-             f"[protocols.{PROTOCOL}]", f"port = {port}"]
+             f"[protocols.{PROTOCOL}]", f"port = {port}", *(listener or [])]
     lines += [f"[protocols.{name}]\nenabled = false" for name in others]
     path = tmp / "asrhub.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -59,8 +61,8 @@ def write_config(tmp: Path, port: int, extra: list[str] | None = None) -> Path:
 class Serve:
     """``asrhub serve --config <toml>`` as a child process, ready once /health says so."""
 
-    def __init__(self, config: Path, port: int, log: Path) -> None:
-        self.config, self.port, self.log = config, port, log
+    def __init__(self, config: Path, port: int, log: Path, *, tls: bool = False) -> None:
+        self.config, self.port, self.log, self.tls = config, port, log, tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 180.0) -> None:
@@ -72,8 +74,11 @@ class Serve:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            scheme = "https" if self.tls else "http"
+            context = ssl._create_unverified_context() if self.tls else None
             try:  # ready = the engines are loaded (the port listens before that)
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.port}/health",
+                                            timeout=2, context=context):
                     return
             except OSError:
                 time.sleep(0.3)
@@ -127,11 +132,12 @@ class ClientRun:
 
 
 def run_client(tmp: Path, port: int, audio_in: Path, mode: str, *, fast: bool,
-               threads: int = 1, extra: list[str] | None = None, timeout: float = 600) -> ClientRun:
+               threads: int = 1, extra: list[str] | None = None, timeout: float = 600,
+               tls: bool = False) -> ClientRun:
     """Run FunASR's client unchanged; its output files go under ``tmp``."""
     out, logs = tmp / f"out-{mode}", tmp / f"logs-{mode}"
     cmd = [sys.executable, str(peer_client()), "--host", "127.0.0.1", "--port", str(port),
-           "--ssl", "0", "--mode", mode, "--audio_in", str(audio_in),
+           "--ssl", "1" if tls else "0", "--mode", mode, "--audio_in", str(audio_in),
            "--thread_num", str(threads), "--output_dir", str(out), "--log_dir", str(logs),
            "--result_timeout", "240", *(["--send_without_sleep"] if fast else []), *(extra or [])]
     proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout,

@@ -5,6 +5,7 @@ client processes at once; the text it writes is checked against the human refere
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import av
 import numpy as np
@@ -12,9 +13,19 @@ import pytest
 import soundfile as sf
 import soxr
 
-from asrhub.testing import testdata_dir, wer
+from asrhub.testing import free_port, testdata_dir, wer
 
-from .conftest import OTHER, READER, joined_clips, read16k, reference, run_client, scp
+from .conftest import (
+    OTHER,
+    READER,
+    Serve,
+    joined_clips,
+    read16k,
+    reference,
+    run_client,
+    scp,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 # tiny.en on these clips: 0-12 % WER offline; streaming cuts utterances where the VAD says.
@@ -144,3 +155,42 @@ def test_server_log_has_one_summary_per_connection(whisper_server):
     summaries = [s for s in whisper_server.summaries() if s.get("protocol") == "funasr_runtime"]
     assert summaries, "no session_closed lines"
     assert all("inputs" in s and "close_reason" in s for s in summaries)
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_wss_with_the_clients_default_ssl(tmp_path):
+    """With TLS configured the listener is wss, and the client's default --ssl 1 works."""
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    config = write_config(tmp_path, port, listener=[f'tls_cert = "{cert}"', f'tls_key = "{key}"'])
+    server = Serve(config, port, tmp_path / "serve.log", tls=True)
+    server.start()
+    try:
+        run = run_client(tmp_path, port, testdata_dir() / OTHER, "offline", fast=True,
+                         tls=True)
+    finally:
+        server.stop()
+    check_ack(run, ["demo"])
+    assert wer(reference(OTHER), run.lines[0][1]) <= MAX_WER, run.lines
