@@ -6,7 +6,9 @@ on loopback (session_broadcast only, Whisper tiny.en), the seed's own Python cli
   sender and one that joins late both work; a second sender on C is refused;
 - Redis stopped mid-session: every client gets ``cluster_unavailable`` and a 1013 close, no
   instance crashes, newcomers are refused the same way; Redis back: sessions work again;
-- ``asrhub haproxy-config`` balances the port by leastconn (no instance affinity).
+- through HAProxy (its configuration from ``asrhub.deploy``): receivers spread by leastconn
+  over the three instances and the sender on any of them hear the same; ``asrhub
+  haproxy-config`` balances the port by leastconn (no instance affinity).
 """
 
 from __future__ import annotations
@@ -77,13 +79,16 @@ def cluster(tmp_path_factory):
                                   settings=["identify_speakers = false"],
                                   sections=["[engines.whisper]", 'model = "tiny.en"'])
                  for name in ("a", "b", "c")]
+    proxy = harness.HAProxy(tmp, [i.port for i in instances], name=PROTOCOL)
     try:
         for inst in instances:
             inst.start()
         for inst in instances:
             harness.wait_until(inst.ready, 240, f"instance {inst.name}: {inst.log()}")
-        yield redis, instances
+        proxy.start()
+        yield redis, instances, proxy
     finally:
+        proxy.stop()
         for inst in instances:
             inst.stop()
         redis.stop()
@@ -127,7 +132,7 @@ def alive(instances) -> None:
 
 
 async def test_seed_sender_on_a_seed_receivers_on_b_and_c_get_identical_results(cluster, audio):
-    redis, (a, b, c) = cluster
+    redis, (a, b, c), _proxy = cluster
     session_id = str(uuid.uuid4())
 
     def receiver(inst):
@@ -177,10 +182,35 @@ async def test_seed_sender_on_a_seed_receivers_on_b_and_c_get_identical_results(
     assert redis.client().exists(f"asrhub:broadcast:sender:{session_id}") == 0  # lock released
 
 
+async def test_through_haproxy_clients_land_anywhere_and_hear_the_same(cluster, audio):
+    """leastconn spreads three receivers over the three instances; the sender lands on one of
+    them; every receiver gets the same result."""
+    redis, _instances, proxy = cluster
+    session_id = str(uuid.uuid4())
+    via = f"ws://127.0.0.1:{proxy.port}/ws/asr/{session_id}?mode="
+    pcm = audio["short"]
+    async with aiohttp.ClientSession() as http:
+        receivers = []
+        for _ in range(3):
+            receivers.append(await http.ws_connect(via + "receiver"))
+        await until(lambda: subscriptions(redis, session_id) == 3)  # one on each instance
+        sender = await http.ws_connect(via + "sender")
+        for i in range(0, len(pcm), 1600):
+            await sender.send_bytes(pcm[i:i + 1600].tobytes())
+            await asyncio.sleep(0.01)
+        await sender.send_str("close")
+        sent, *heard = await asyncio.gather(messages_until_closed(sender),
+                                            *(messages_until_closed(ws) for ws in receivers))
+    assert heard[0] == heard[1] == heard[2], heard
+    assert len(heard[0]) == 2 and heard[0][-1] == ("close", 1000, "session ended"), heard[0]
+    assert wer(audio["short_text"], heard[0][0]["asr"]) < 0.35, heard[0]
+    assert sent[0] == heard[0][0] and sent[1]["type"] == "closed"
+
+
 def test_haproxy_config_balances_the_port_by_leastconn(cluster, capsys):
     from asrhub.cli import main
 
-    _redis, (a, _b, _c) = cluster
+    _redis, (a, _b, _c), _proxy = cluster
     assert main(["haproxy-config", "--config", str(a.config), "--instances", "3"]) == 0
     config = capsys.readouterr().out
     backend = config[config.index(f"\nbackend {PROTOCOL}_instances"):].split("\n\n")[0]
@@ -188,7 +218,7 @@ def test_haproxy_config_balances_the_port_by_leastconn(cluster, capsys):
 
 
 async def test_redis_stopped_mid_session_is_a_clear_error_then_recovers(cluster, audio):
-    redis, (a, b, c) = cluster
+    redis, (a, b, c), _proxy = cluster
     session_id = str(uuid.uuid4())
     pcm = audio["short"]
     async with aiohttp.ClientSession() as http:
