@@ -5,9 +5,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from asrhub.engine import ASRStream, Audio, Transcript
-from asrhub.executor import InferenceExecutor, Priority
+from asrhub.engine import Audio, Transcript
+from asrhub.executor import Priority
 from asrhub.protocol import Channel, ErrorCodes, ProtocolContext, WebSocketRoute
+from asrhub.streaming import LiveRecognizer
 
 from . import messages as m
 from .session import FunASRRuntimeSession
@@ -25,19 +26,8 @@ class HubRecogniser:
 
     def __init__(self, ctx: ProtocolContext) -> None:
         self.ctx = ctx
-        self.executor: InferenceExecutor = ctx.executor
-        self.engine_name = ctx.hub.engine_name("asr")
+        self.live = LiveRecognizer.for_hub(ctx.hub)
         self._accepts_prompt: bool | None = None
-
-    async def open_stream(self, language: str | None) -> ASRStream:
-        asr = await self.ctx.hub.asr()
-        vad = await self.ctx.hub.vad()
-
-        def build() -> ASRStream:
-            return asr.open_stream(language=language,
-                                   vad=vad.open_stream() if vad is not None else None)
-
-        return await self.executor.run(build, priority=Priority.LIVE)
 
     async def accepts_prompt(self) -> bool:
         """Whether the engine's ``transcribe`` takes ``prompt`` (hotwords go there)."""

@@ -35,15 +35,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import soxr
 import structlog
 
-from asrhub.audio import AudioError, decode_bytes, pcm16le_to_float, resample
+from asrhub.audio import AudioError, PcmStream, decode_bytes
 from asrhub.container_stream import sniff_container
-from asrhub.engine import SAMPLE_RATE, ASRStream, Audio, Hypothesis, Transcript
-from asrhub.executor import ExecutorBusy, ExecutorClosed, InferenceExecutor, Priority
+from asrhub.engine import SAMPLE_RATE, Audio, Hypothesis, Transcript
+from asrhub.executor import ExecutorBusy, ExecutorClosed, Priority
 from asrhub.protocol import Channel, CloseInfo, ProtocolError, Session
-from asrhub.streaming import BacklogFull, StreamPump
+from asrhub.streaming import BacklogFull, LiveRecognizer, StreamPump
 
 from . import messages as m
 from .pieces import Increments, Joiner, units
@@ -52,15 +51,15 @@ from .settings import FunASRRuntimeSettings
 log = structlog.get_logger("asrhub.funasr_runtime")
 
 _PUNCTUATION = ".,!?;:，。？！、；："
+# The engine stream gets audio in pieces of at least this much (FunASR's client sends 60 ms).
+FEED_CHUNK_S = 0.25
 
 
 class Recogniser(Protocol):
-    """What a session needs from the hub (the handler builds it from the protocol context)."""
+    """What a session needs from the hub (the handler builds it from the protocol context):
+    live streams on the shared engines, and whole-recording decodes."""
 
-    executor: InferenceExecutor
-    engine_name: str
-
-    async def open_stream(self, language: str | None) -> ASRStream: ...
+    live: LiveRecognizer
 
     async def transcribe(self, audio: Audio, *, language: str | None, word_timestamps: bool,
                          prompt: str | None, priority: Priority) -> Transcript: ...
@@ -84,8 +83,8 @@ class _Input:
     errors: list[str]
     started: float
     pump: StreamPump | None = None
-    resampler: soxr.ResampleStream | None = None
-    carry: bytes = b""  # a PCM byte waiting for its other half
+    pcm: PcmStream | None = None  # PCM at audio_fs → 16 kHz (keeps an odd byte for later)
+    pcm_bytes: int = 0
     collected: bytearray | None = None
     overflow: bool = False
     frames: int = 0
@@ -197,20 +196,20 @@ class FunASRRuntimeSession(Session):
             self.state = State.COLLECTING
             return
         self.state = State.STREAMING
+        current.pcm = PcmStream(config.audio_fs, 2, 1)
         try:
-            stream = await self.recogniser.open_stream(self._language(config))
+            # The pump may hold a little more than the backlog at which reading pauses.
+            pump = await self.recogniser.live.open(
+                self._on_hypotheses, language=self._language(config),
+                max_backlog_s=self.settings.max_backlog_s * 1.5 + 2,
+                on_error=self._engine_failed, min_chunk_s=FEED_CHUNK_S)
         except Exception as exc:  # noqa: BLE001 - told to the client; the input fails
             self._engine_failed(exc)
             return
         if self.input is not current:  # the connection closed meanwhile
+            await pump.close()
             return
-        # The pump may hold a little more than the backlog at which reading pauses.
-        current.pump = StreamPump(self.recogniser.executor, stream, self._on_hypotheses,
-                                  engine=self.recogniser.engine_name,
-                                  max_backlog_s=self.settings.max_backlog_s * 1.5 + 2)
-        if config.audio_fs != SAMPLE_RATE:
-            current.resampler = soxr.ResampleStream(config.audio_fs, SAMPLE_RATE, 1,
-                                                    dtype="float32", quality="HQ")
+        current.pump = pump
 
     async def _end(self, acknowledge: bool) -> None:
         current = self.input
@@ -219,12 +218,11 @@ class FunASRRuntimeSession(Session):
                 self._send(m.acknowledgement(self.config, []))
             return
         started = time.monotonic()
-        if current.carry:
+        if current.pcm is not None and current.pcm_bytes % 2:
             current.errors.append("PCM int16 needs an even number of bytes: the last byte was dropped")
         if self.state is State.STREAMING and current.pump is not None:
-            if current.resampler is not None:
-                tail = current.resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-                self._feed(current, tail)
+            if current.pcm is not None:
+                self._feed(current, current.pcm.flush())
             try:
                 await current.pump.finish()
             except Exception as exc:  # noqa: BLE001 - the acknowledgement reports it
@@ -250,14 +248,9 @@ class FunASRRuntimeSession(Session):
     # ------------------------------------------------------------------ streaming
 
     async def _stream(self, current: _Input, data: bytes) -> None:
-        if current.carry:
-            data, current.carry = current.carry + data, b""
-        if len(data) % 2:
-            data, current.carry = data[:-1], data[-1:]
-        pcm = pcm16le_to_float(data)
-        if current.resampler is not None:
-            pcm = current.resampler.resample_chunk(pcm)
-        self._feed(current, pcm)
+        assert current.pcm is not None
+        current.pcm_bytes += len(data)
+        self._feed(current, current.pcm.convert(data))
         pump = current.pump
         # Backpressure: stop reading this socket while too much audio waits for the engine.
         while (pump is not None and self.input is current
@@ -349,16 +342,14 @@ class FunASRRuntimeSession(Session):
         if not data:
             self._send(m.result(config, "offline", "", is_final=True))
             return
-        executor = self.recogniser.executor
+        executor = self.recogniser.live.executor
         try:
             if config.is_pcm:
-                audio = pcm16le_to_float(data[:len(data) // 2 * 2])
                 if len(data) % 2:
                     current.errors.append("PCM int16 needs an even number of bytes: the last "
                                           "byte was dropped")
-                if config.audio_fs != SAMPLE_RATE:
-                    audio = await executor.run(resample, audio, config.audio_fs,
-                                               priority=Priority.BATCH)
+                audio = await executor.run(_pcm_audio, data, config.audio_fs,
+                                           priority=Priority.BATCH)
             else:
                 audio = await executor.run(decode_bytes, data,
                                            name=f"{config.wav_name}.{config.wav_format}",
@@ -422,6 +413,12 @@ class FunASRRuntimeSession(Session):
         if self.state is State.STREAMING:
             self.state = State.FAILED
         self._report(err)
+
+
+def _pcm_audio(data: bytes, rate: int) -> Audio:
+    """A whole offline PCM input → 16 kHz float32 (through the same edge as streams)."""
+    stream = PcmStream(rate, 2, 1)
+    return np.concatenate([stream.convert(data), stream.flush()])
 
 
 def _not_pcm(data: bytes, *, first: bool) -> str | None:
