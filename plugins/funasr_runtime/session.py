@@ -122,7 +122,7 @@ class FunASRRuntimeSession(Session):
         if self.state is State.CLOSED:
             return
         if self.input is None:
-            if message.changes or message.is_speaking is not False:
+            if message.changes or message.is_speaking:  # ({} alone opens nothing)
                 try:
                     config = message.apply(self.config)
                 except ProtocolError as err:
