@@ -160,6 +160,7 @@ def test_server_log_has_one_summary_per_connection(whisper_server):
 def self_signed(tmp: Path) -> tuple[Path, Path]:
     import datetime
 
+    pytest.importorskip("cryptography")
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
