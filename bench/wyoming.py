@@ -9,10 +9,10 @@ the latency is ``audio-stop`` → ``transcript``. 1, 4 and 8 clients start toget
 request is a different real recording of shared/testdata with a human reference (WER over
 all of a server's transcripts). The two servers take turns round by round (the order
 alternating, so a burst of load from elsewhere hits both), each idle while the other runs. RSS is the
-server process's (VmRSS after each level, VmHWM peak), CPU its user+system time. asrhub's
-inference threads run at nice 5 (its default ``[executor] worker_nice``, which keeps the event
-loop ahead of inference); the reference runs under ``nice -n 5`` so that on a machine shared
-with other work both get the same share of the CPU.
+server process's (VmRSS after each level, VmHWM peak), CPU its user+system time. Niceness is
+the same for both (``--nice``, default 0: asrhub's ``[executor] worker_nice`` — 5 in
+production, to keep its event loop ahead of inference — and ``nice -n`` for the reference):
+on a machine shared with other work, a niced server gets a third of the CPU share.
 
 wyoming-bench (PyPI) was looked at first: it sends one request at a time and times from the
 request's start, so it measures neither concurrency nor audio-stop → transcript; this driver
@@ -49,6 +49,7 @@ REFERENCE_VERSION = "3.8.1"
 RATE = 16000
 CHUNK = 1024  # samples per audio-chunk, as Home Assistant sends them
 TRAILING_QUIET_S = 0.5
+NICE = 0  # --nice: asrhub's [executor] worker_nice, and the reference runs under nice -n NICE
 # English recordings with human references (shared/testdata/NOTES.tsv)
 CLIPS = [
     "en/pocketsphinx_librivox_ss01_0870.wav", "en/pocketsphinx_librivox_ss01_0880.wav",
@@ -151,6 +152,7 @@ def start_asrhub(model: str, tmp: Path) -> Server:
              "[engines.whisper]", f'model = "{model}"', 'language = "en"',
              f'cache_dir = "{WORK / "models" / "whisper-base"}"',
              'compute_type = "int8"', "cpu_threads = 2", "beam_size = 1",
+             "[executor]", f"worker_nice = {NICE}",
              "[protocols.wyoming]", f"port = {port}"]
     lines += [f"[protocols.{name}]\nenabled = false" for name in others]
     config.write_text("\n".join(lines) + "\n")
@@ -167,11 +169,9 @@ def start_reference(model: str, tmp: Path) -> Server:
     data = WORK / "wfw-data"
     data.mkdir(parents=True, exist_ok=True)
     log = tmp / f"reference-{model}.log"
-    # asrhub runs its inference threads at nice [executor] worker_nice (5 by default); on a
-    # machine shared with other work the reference must compete on the same terms.
-    from asrhub.config import ExecutorConfig
-
-    nice = ["nice", "-n", str(ExecutorConfig().worker_nice)]
+    # asrhub's inference threads run at nice [executor] worker_nice: on a machine shared with
+    # other work the reference must compete on the same terms.
+    nice = ["nice", "-n", str(NICE)] if NICE else []
     proc = subprocess.Popen(
         [*nice, str(exe), "--uri", f"tcp://127.0.0.1:{port}", "--model", str(model_dir(model)),
          "--data-dir", str(data), "--local-files-only", "--stt-library", "faster-whisper",
@@ -336,9 +336,9 @@ def report(all_results: dict[str, tuple[list[Level], dict[str, float]]], levels:
         f"`.venv/bin/python bench/wyoming.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
         "",
         f"Reference: wyoming-faster-whisper {REFERENCE_VERSION} (PyPI, its own venv). Both load "
-        "the same CTranslate2 directory, int8, beam 1, 2 CPU threads, language en; asrhub's "
-        "inference threads run at nice 5 (its default `[executor] worker_nice`), so the reference "
-        "runs under `nice -n 5`. Clients: the "
+        "the same CTranslate2 directory, int8, beam 1, 2 CPU threads, language en; the same niceness "
+        f"for both ({NICE}: asrhub's `[executor] worker_nice`, `nice -n` for the reference). "
+        "Clients: the "
         "`wyoming` package's AsyncTcpClient, 16 kHz int16 in 1024-sample chunks paced at real "
         f"time, {TRAILING_QUIET_S} s of quiet after the speech, then audio-stop; latency = "
         "audio-stop → transcript. Every request is a different recording from shared/testdata "
@@ -381,9 +381,15 @@ def main() -> None:
     parser.add_argument("--models", default="tiny.en,base")
     parser.add_argument("--clients", default="1,4,8")
     parser.add_argument("--quick", action="store_true", help="fewer requests per level")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="nice of asrhub's inference threads ([executor] worker_nice, 5 in "
+                             "production) and of the whole reference process (default 0: on a "
+                             "machine shared with other work, both get a full share)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "wyoming.md"))
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
+    global NICE
+    NICE = args.nice
     # requests per level: enough for a p95 without running for long (clips are 2-8 s)
     rounds = {c: max(1, (4 if args.quick else 12) // c) for c in levels}
     if not args.quick:

@@ -25,8 +25,9 @@ class WyomingSettings(ListenerSettings):
     # audio still arrives, transcript-stop after the transcript) to every client; a client
     # overrides it per request with transcribe's context {"transcript_streaming": true|false}.
     transcript_streaming: bool = True
-    # Audio is handed to the recogniser in pieces of this much (it decides when to decode).
-    feed_interval_s: float = 0.25
+    # Audio is handed to the recogniser in pieces of this much (it decides when to decode). A
+    # pause is noticed at the end of a piece: small pieces start the decode at a pause sooner.
+    feed_interval_s: float = 0.1
     # Unprocessed audio a request may hold; past it the server stops reading the socket until
     # the recogniser catches up (TCP backpressure), so memory stays bounded.
     max_backlog_s: float = 20.0
