@@ -315,13 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_haproxy_config(args: argparse.Namespace) -> int:
     """HAProxy in front of ``--instances`` instances laid out as systemd/asrhub@.service does."""
-    from asrhub.deploy import haproxy_config, routes_for
+    from asrhub.deploy import for_hub
 
-    hub = _build_hub(_load(args))
-    listeners = {lst.label: (lst.config.port, lst.spec.transport == "tcp",
-                             lst.spec.instance_affinity) for lst in hub.enabled_listeners()}
-    print(haproxy_config(routes_for(listeners, args.instances, args.port_offset), bind=args.bind,
-                         stats_port=args.stats_port or None))
+    print(for_hub(_build_hub(_load(args)), instances=args.instances, port_offset=args.port_offset,
+                  bind=args.bind, stats_port=args.stats_port or None), end="")
     return 0
 
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asrhub.hub import Hub
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,13 @@ def routes_for(listeners: Mapping[str, tuple[int, bool, bool]], instances: int,
     ``listeners`` maps a listener to (public port, is TCP, needs instance affinity)."""
     return [Route(name, port, [port + port_offset * i for i in range(1, instances + 1)], tcp, sticky)
             for name, (port, tcp, sticky) in listeners.items()]
+
+
+def for_hub(hub: Hub, *, instances: int = 3, port_offset: int = 1000, bind: str = "0.0.0.0",
+            stats_port: int | None = 8404) -> str:
+    """HAProxy in front of ``instances`` instances of ``hub``'s config (its ports are the
+    public ones); what ``asrhub haproxy-config`` prints and ``deploy/haproxy.cfg`` holds."""
+    listeners = {lst.label: (lst.config.port, lst.spec.transport == "tcp",
+                             lst.spec.instance_affinity) for lst in hub.enabled_listeners()}
+    return haproxy_config(routes_for(listeners, instances, port_offset), bind=bind,
+                          stats_port=stats_port)
