@@ -161,6 +161,9 @@ async def test_kill_9_of_the_running_instance_completes_on_a_survivor_once(clust
     assert survivor.events("file_task_resumed"), survivor.log()
     assert a.alive() and survivor.alive()
     assert not a.events("file_task_resumed")  # A transcribes nothing
+    # The client's upload went through A (HAProxy), the task ran elsewhere.
+    assert any(e.get("task_id") == task_id for e in a.events("file_upload_started")), a.log()
+    assert any(e.get("task_id") == task_id for e in survivor.events("file_task_completed"))
     # The second seed client asks for the same file (by hash): the shared cache answers, on
     # whichever instance HAProxy picks.
     again = load_doc_client()
