@@ -8,6 +8,8 @@ spool directory).
   exactly one ``task_complete`` with the right text;
 - a second seed client asking for the same file (by hash) gets the shared cache, and another
   instance answers ``task_status`` for the task;
+- SIGTERM of the instance running a task: it gives the task back at once, the other one
+  completes it;
 - Redis stopped mid-task: no instance crashes, requests that need Redis get ``server_busy``
   saying so, and once Redis is back the task completes (once) and uploads work again.
 """
@@ -187,6 +189,43 @@ async def test_kill_9_of_the_running_instance_completes_on_a_survivor_once(clust
             await raw.close()
     victim.start()  # back for the next test
     wait_until(victim.ready, 240, f"instance {victim.name}: {victim.log()}")
+
+
+async def test_sigterm_of_the_running_instance_gives_the_task_back(cluster):
+    """A stopping instance puts its running task back on the queue at once (no wait for the
+    claim timeout); the other one transcribes it; the client gets one task_complete."""
+    redis, (a, b, c), proxy, tmp = cluster
+    names = [*READER[1:4], *READER[1:4]]
+    data = write_wav(tmp / "stop.wav", joined(names, gap_s=0.6)).read_bytes()
+    client = await RawClient.connect(f"ws://127.0.0.1:{a.port}")
+    try:
+        ready = await client.ask(upload_request(data, "stop.wav"))
+        task_id = ready["data"]["task_id"]
+        assert (await client.ask(data_msg(task_id, data)))["type"] == "upload_complete"
+        deadline = time.monotonic() + 240
+        held = None
+        while time.monotonic() < deadline:
+            held = running_on(redis)
+            if held is not None and held[0] == task_id and \
+                    float(task_state(redis, task_id).get("progress", 0)) > 0:
+                break
+            await asyncio.sleep(0.1)
+        assert held is not None and held[0] == task_id, "the task never ran"
+        stopping = {"b": b, "c": c}[held[1]]
+        other = c if stopping is b else b
+        stopping.stop()  # SIGTERM
+        assert stopping.proc is not None and stopping.proc.returncode == 0, stopping.log()
+        assert any(e.get("task_id") == task_id for e in stopping.events("file_task_given_back"))
+        done, _ = await client.until("task_complete", timeout=300)
+        assert wer(reference(*names), done["data"]["result"]["text"]) <= MAX_WER
+        extra = await quiet_for(client.ws, 3.0)
+        assert not [m for m in extra if m.get("type") == "task_complete"], extra
+        assert any(e.get("task_id") == task_id for e in other.events("file_task_completed"))
+        assert not any(e.get("task_id") == task_id for e in other.events("file_task_reclaimed"))
+    finally:
+        await client.close()
+    stopping.start()
+    wait_until(stopping.ready, 240, f"instance {stopping.name}: {stopping.log()}")
 
 
 async def test_redis_restarted_mid_task_no_crash_clear_errors_recovery(cluster):

@@ -35,6 +35,8 @@ from typing import Any
 
 import structlog
 
+from asrhub.executor import ExecutorClosed
+
 from . import messages as m
 from .service import FileService, TaskState
 from .store_redis import RedisTaskStore, StoreUnavailable
@@ -157,7 +159,7 @@ class ClusterFileService(FileService):
                 self._claims[task_id] = (entry_id, consumer)
                 try:
                     await self._run_claimed(task_id)
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, ExecutorClosed):
                     self._give_back(entry_id, task_id)
                     raise
                 except StoreUnavailable as exc:
@@ -220,7 +222,8 @@ class ClusterFileService(FileService):
             pipe.xdel(self.stream, entry_id)
             pipe.execute()
         except _redis_errors():
-            pass
+            return
+        log.info("file_task_given_back", task_id=task_id)
 
     async def _run_claimed(self, task_id: str) -> None:
         task = self.store.get(task_id)
