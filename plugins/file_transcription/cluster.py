@@ -292,9 +292,20 @@ class ClusterFileService(FileService):
         for task_id, (entry_id, consumer) in list(self._claims.items()):
             if not self._keep(keys=[self.stream], args=[GROUP, consumer, entry_id]):
                 log.warning("file_task_claim_lost", task_id=task_id)
+        now = time.time()
         r.hset(self.workers_key, self.cluster.instance_id,
-               json.dumps({"concurrency": self.settings.concurrency,
-                           "until": time.time() + 3 * interval + 5}))
+               json.dumps({"concurrency": self.settings.concurrency, "until": now + 3 * interval + 5}))
+        # Instances gone for an hour (an instance_id of hostname:pid is new on every start).
+        for name, raw in r.hgetall(self.workers_key).items():
+            if json.loads(raw).get("until", 0) < now - 3600:
+                r.hdel(self.workers_key, name)
+
+    async def stop(self) -> None:
+        await super().stop()
+        try:  # this instance's workers no longer count in the queue's estimates
+            await asyncio.to_thread(self.cluster.sync().hdel, self.workers_key, self.cluster.instance_id)
+        except _redis_errors():
+            pass
 
     def _cluster_workers(self) -> int:
         now, total = time.time(), 0
