@@ -26,10 +26,13 @@ and the stream in Redis).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import shutil
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,12 @@ log = structlog.get_logger("asrhub.file_transcription")
 GROUP = "file-workers"
 BLOCK_MS = 1000  # one XREADGROUP wait (shorter than the client's socket timeout)
 MAX_BACKOFF = 5.0
+FINISH_LOCK_S = 120.0  # longest a verification of a whole upload may hold its lock
+
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 # Re-confirm a pending entry only while this worker still owns it (XCLAIM alone would steal
 # it back from the instance that re-claimed it).
@@ -74,6 +83,7 @@ class ClusterFileService(FileService):
         self.workers_key = self.cluster.key("file", "workers")
         self._claims: dict[str, tuple[str, str]] = {}  # task_id -> (entry id, consumer)
         self._keep = self.cluster.sync().register_script(KEEP)
+        self._unlock = self.cluster.sync().register_script(UNLOCK)
         self._warned: set[str] = set()
         self._worker_numbers = itertools.count()
         # Results transcribed while Redis was away, kept until they are stored.
@@ -129,6 +139,32 @@ class ClusterFileService(FileService):
                 raise
         except _redis_errors() as exc:
             raise StoreUnavailable(str(exc)) from exc
+
+    # ------------------------------------------------------------------ uploads
+
+    @contextlib.asynccontextmanager
+    async def _finishing(self, task_id: str) -> AsyncIterator[None]:
+        """The local lock, then a lock in Redis (SET NX with a deadline), so one instance
+        verifies and queues an upload whose last chunks reached two instances."""
+        async with self._lock(task_id):
+            key, token = self.cluster.key("file", "lock", task_id), uuid.uuid4().hex
+            r = self.cluster.sync()
+            deadline = time.monotonic() + FINISH_LOCK_S
+            try:
+                while not r.set(key, token, nx=True, ex=int(FINISH_LOCK_S)):
+                    if time.monotonic() > deadline:
+                        raise m.ProtocolError(m.SERVER_BUSY, "another server is still finishing "
+                                              "this upload; try again shortly", task_id=task_id)
+                    await asyncio.sleep(0.2)
+            except _redis_errors() as exc:
+                raise StoreUnavailable(str(exc)) from exc
+            try:
+                yield
+            finally:
+                try:
+                    self._unlock(keys=[key], args=[token])
+                except _redis_errors():
+                    pass  # expires by itself
 
     # ------------------------------------------------------------------ queue
 

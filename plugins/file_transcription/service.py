@@ -363,6 +363,11 @@ class FileService:
     def _lock(self, task_id: str) -> asyncio.Lock:
         return self._upload_locks.setdefault(task_id, asyncio.Lock())
 
+    def _finishing(self, task_id: str) -> Any:
+        """Held while an upload is verified and queued (a cluster adds a lock in Redis: two
+        instances may hold connections of the same upload)."""
+        return self._lock(task_id)
+
     async def store_chunk(self, task: TaskRow, index: int, data: bytes, md5: str) -> bool:
         """Write one verified chunk; True if it was already stored (a duplicate)."""
         async with self._lock(task.task_id):
@@ -375,7 +380,7 @@ class FileService:
 
     async def finish_chunked(self, task: TaskRow) -> None:
         """All chunks are in: verify the whole file, probe it, queue it. Raises ProtocolError."""
-        async with self._lock(task.task_id):
+        async with self._finishing(task.task_id):
             current = self.store.get(task.task_id)
             if current is None or current.state != TaskState.UPLOADING:
                 return  # another connection finished it
@@ -395,7 +400,7 @@ class FileService:
 
     async def finish_single(self, task: TaskRow, data: bytes, sha256: str) -> None:
         """The whole file arrived (already verified against its hash): spool, probe, queue."""
-        async with self._lock(task.task_id):
+        async with self._finishing(task.task_id):
             current = self.store.get(task.task_id)
             if current is None or current.state != TaskState.UPLOADING:
                 return

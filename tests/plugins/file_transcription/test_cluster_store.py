@@ -131,3 +131,30 @@ def test_settings_validation():
         FileTranscriptionSettings(concurrency=-1).validate()
     with pytest.raises(ValueError):
         FileTranscriptionSettings(claim_timeout_s=0.5).validate()
+
+
+@needs_redis
+async def test_one_instance_at_a_time_finishes_an_upload(redis_port, tmp_path):
+    """Two instances (services sharing one Redis) holding connections of the same upload
+    verify and queue it one after the other (a lock in Redis, not only the local one)."""
+    import asyncio
+
+    from asrhub_plugins.file_transcription.cluster import ClusterFileService
+
+    port, _ = redis_port
+    hub = make_hub({"cluster": {"redis_url": f"redis://127.0.0.1:{port}/0"}}, only=["file_transcription"])
+    settings = FileTranscriptionSettings(shared_spool_dir=str(tmp_path))
+    first, second = ClusterFileService(hub, settings), ClusterFileService(hub, settings)
+    order: list[str] = []
+
+    async def hold(service: ClusterFileService, name: str) -> None:
+        async with service._finishing("t1"):
+            order.append(f"{name}+")
+            await asyncio.sleep(0.3)
+            order.append(f"{name}-")
+
+    await asyncio.gather(hold(first, "a"), hold(second, "b"))
+    assert order in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"]), order
+    import redis
+
+    assert redis.Redis(port=port).get("asrhub:file:lock:t1") is None  # released
