@@ -8,6 +8,8 @@ spool directory).
   exactly one ``task_complete`` with the right text;
 - a second seed client asking for the same file (by hash) gets the shared cache, and another
   instance answers ``task_status`` for the task;
+- a client that uploaded through A and reconnects to C follows its task there (task_status,
+  progress, one task_complete);
 - SIGTERM of the instance running a task: it gives the task back at once, the other one
   completes it;
 - Redis stopped mid-task: no instance crashes, requests that need Redis get ``server_busy``
@@ -189,6 +191,32 @@ async def test_kill_9_of_the_running_instance_completes_on_a_survivor_once(clust
             await raw.close()
     victim.start()  # back for the next test
     wait_until(victim.ready, 240, f"instance {victim.name}: {victim.log()}")
+
+
+async def test_a_client_reconnecting_to_another_instance_follows_its_task(cluster):
+    redis, (a, b, c), proxy, tmp = cluster
+    names = [*OTHER, *READER[:2]]
+    data = write_wav(tmp / "follow.wav", joined(names, gap_s=0.8)).read_bytes()
+    first = await RawClient.connect(f"ws://127.0.0.1:{a.port}")
+    try:
+        ready = await first.ask(upload_request(data, "follow.wav"))
+        task_id = ready["data"]["task_id"]
+        assert (await first.ask(data_msg(task_id, data)))["type"] == "upload_complete"
+    finally:
+        await first.close()
+    again = await RawClient.connect(f"ws://127.0.0.1:{c.port}")
+    try:
+        status = await again.ask(msg("task_status", task_id=task_id))
+        assert status["type"] == "task_status", status
+        assert status["data"]["status"] in ("queued", "running", "completed"), status
+        done, seen = await again.until("task_complete", timeout=300)
+        assert done["data"]["task_id"] == task_id
+        assert wer(reference(*names), done["data"]["result"]["text"]) <= MAX_WER
+        assert all(m["data"].get("task_id") == task_id for m in seen if m["type"] != "task_status")
+        extra = await quiet_for(again.ws, 3.0)
+        assert not [m for m in extra if m.get("type") == "task_complete"], extra
+    finally:
+        await again.close()
 
 
 async def test_sigterm_of_the_running_instance_gives_the_task_back(cluster):
