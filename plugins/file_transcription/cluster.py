@@ -122,7 +122,11 @@ class ClusterFileService(FileService):
             self._expire_uploads()
             cutoff = time.time() - self.settings.upload_idle_minutes * 60
             for folder in list(self.store.uploads.iterdir()):
-                if folder.stat().st_mtime < cutoff:
+                try:
+                    old = folder.stat().st_mtime < cutoff
+                except OSError:  # another instance removed it meanwhile
+                    continue
+                if old:
                     task = self.store.get(folder.name)
                     if task is None or task.state in (TaskState.COMPLETED, TaskState.FAILED):
                         await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -136,7 +140,7 @@ class ClusterFileService(FileService):
             self.cluster.sync().xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise
+                raise StoreUnavailable(str(exc)) from exc
         except _redis_errors() as exc:
             raise StoreUnavailable(str(exc)) from exc
 
@@ -204,6 +208,9 @@ class ClusterFileService(FileService):
                         # Left pending: re-claimed (by any instance) once Redis is back.
                         self._claims.pop(task_id, None)
                         continue
+                except Exception:  # noqa: BLE001 - the worker must live on; retried after the claim timeout
+                    log.exception("file_worker_error", task_id=task_id)
+                    continue
                 finally:
                     self._claims.pop(task_id, None)
             await self._ack(entry_id)
@@ -317,15 +324,15 @@ class ClusterFileService(FileService):
         interval = max(0.3, self.settings.claim_timeout_s / 3)
         while True:
             try:
-                await asyncio.to_thread(self._keep_once, interval)
+                await asyncio.to_thread(self._keep_once, interval, list(self._claims.items()))
                 self._redis_back("claims")
             except _redis_errors() as exc:
                 self._redis_down("claims", exc)
             await asyncio.sleep(interval)
 
-    def _keep_once(self, interval: float) -> None:
+    def _keep_once(self, interval: float, claims: list[tuple[str, tuple[str, str]]]) -> None:
         r = self.cluster.sync()
-        for task_id, (entry_id, consumer) in list(self._claims.items()):
+        for task_id, (entry_id, consumer) in claims:
             if not self._keep(keys=[self.stream], args=[GROUP, consumer, entry_id]):
                 log.warning("file_task_claim_lost", task_id=task_id)
         now = time.time()
