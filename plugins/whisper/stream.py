@@ -13,7 +13,7 @@ The stream keeps that affordable:
   soon as 0.2 s of quiet follows the speech, ahead of the ``end`` event that comes
   ``min_silence_ms`` later. That decode uses the full window: if no speech came in between, it
   *is* the final result (no second decode), and the final arrives as soon as the VAD confirms
-  the end.
+  the end. While the model is busy with other streams that guess is left out.
 - An utterance longer than ``max_utterance_s`` is cut at its quietest recent 100 ms.
 - In "auto" mode the language is taken from the first utterance of at least 1 s (read off the
   encoder pass the decode makes anyway) and kept for the rest of the stream.
@@ -211,7 +211,13 @@ class WhisperStream:
         if quiet_since is not None:
             # A pause: decode once it has lasted PAUSE_TRIGGER (that decode is likely the
             # final), not for the partial timer a moment before (unless the "pause" drags on).
+            # It is a guess (speech may resume) at the price of a full-window decode: while
+            # the model is busy with other streams it is left out, and the final is decoded
+            # when the VAD confirms the end.
             if self._pause_decode_due(utterance, quiet_since):
+                if self._engine.busy:
+                    self.stats.deferred_partials += 1
+                    return []
                 return self._partial(utterance, final_quality=True)
             if new_audio < 2 * self._interval:
                 return []
