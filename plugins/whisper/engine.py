@@ -255,7 +255,8 @@ class WhisperEngine:
         duration = len(audio) / SAMPLE_RATE
         exact = window is not None
         if window is None:
-            window = window_frames(len(audio), self.settings.adaptive_window and partial)
+            short = partial or self.settings.adaptive_finals
+            window = window_frames(len(audio), self.settings.adaptive_window and short)
         if not len(audio) or float(np.max(np.abs(audio))) < SILENCE_PEAK:
             # Whisper "hears" words in digital silence ("you"); nothing to decode.
             return Decoded("", language, 0.0, 0.0, 1.0,

@@ -64,6 +64,7 @@ class _Utterance:
     number: int | None = None  # assigned when the first hypothesis is emitted
     decoded_end: int | None = None  # audio covered by ``last``
     last: Decoded | None = None
+    last_is_final_quality: bool = False  # ``last`` was decoded as a final would be
     last_text: str | None = None  # text of the last partial sent
 
 
@@ -239,7 +240,7 @@ class WhisperStream:
         """The last decode can stand as the final up to ``end``: it reaches that far and was
         made with the full window (a partial's shorter window is not final quality)."""
         return (utterance.decoded_end is not None and utterance.last is not None
-                and utterance.last.full_window
+                and utterance.last_is_final_quality
                 and utterance.decoded_end >= end - REUSE_TOLERANCE)
 
     def _partial(self, utterance: _Utterance, *, final_quality: bool = False) -> list[Hypothesis]:
@@ -247,6 +248,9 @@ class WhisperStream:
         self.stats.partial_decodes += 1
         utterance.decoded_end = utterance.since = self._clock
         utterance.last = decoded
+        # A partial decoded the way a final is (30 s window, or adaptive_finals) may stand.
+        utterance.last_is_final_quality = (final_quality or decoded.full_window
+                                           or self._engine.settings.adaptive_finals)
         if not self._partials or not decoded.text or decoded.text == utterance.last_text:
             return []
         utterance.last_text = decoded.text

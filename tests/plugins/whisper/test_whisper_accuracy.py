@@ -186,3 +186,14 @@ def test_features_are_faster_whispers_exactly(tiny: WhisperEngine, clip, name: s
     expected = tiny._model.feature_extractor(audio, padding=window * 160)[:, :window]
     assert np.array_equal(tiny._features(audio, window), expected)
 
+
+
+def test_adaptive_finals_brings_back_the_short_window_for_finals(tmp_path: Path, clip) -> None:
+    engine = WhisperEngine(WhisperSettings(model="tiny.en", adaptive_finals=True),
+                           state_dir=tmp_path)
+    try:
+        audio = clip(CLIPS[1])
+        assert engine.decode(audio, "en").window < FULL_WINDOW
+        assert engine.transcribe(audio, language="en").text
+    finally:
+        engine.close()
