@@ -333,7 +333,7 @@ def report(all_results: dict[str, tuple[list[Level], dict[str, float]]], levels:
     lines = [
         "# Wyoming: asrhub vs wyoming-faster-whisper",
         "",
-        f"`.venv/bin/python bench/wyoming.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
+        f"`.venv/bin/python bench/wyoming.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
         "",
         f"Reference: wyoming-faster-whisper {REFERENCE_VERSION} (PyPI, its own venv). Both load "
         "the same CTranslate2 directory, int8, beam 1, 2 CPU threads, language en; the same niceness "
