@@ -20,7 +20,12 @@ WS_PATHS = {
     "vad_stream": "/",
     "file_transcription": "/",
     "session_broadcast": "/ws/asr/s1?mode=receiver",
+    "openai_api": "/v1/realtime?intent=transcription",
+    "funasr_runtime": "/",
 }
+# Raw TCP listeners: their protocols carry no credentials (Wyoming); they log a warning when a
+# token is configured, and bind loopback in this test.
+TCP_ONLY = {"wyoming"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -35,9 +40,14 @@ async def guarded(tmp_path_factory):
         yield server, names
 
 
+def probe_protocols() -> list[str]:
+    return list(make_hub({}).protocols)
+
+
 async def test_every_listener_refuses_requests_without_the_token(guarded):
     server, names = guarded
-    assert len(names) == 5, f"built-in protocols missing: {set(WS_PATHS) - set(names)}"
+    assert len(names) == len(WS_PATHS), f"built-in protocols missing: {set(WS_PATHS) - set(names)}"
+    assert set(probe_protocols()) <= set(WS_PATHS) | TCP_ONLY, "a new protocol needs a row here"
     async with aiohttp.ClientSession() as http:
         for label, port in server.ports.items():
             base = f"http://127.0.0.1:{port}"
