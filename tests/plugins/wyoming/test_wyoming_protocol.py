@@ -196,3 +196,36 @@ async def test_an_idle_connection_is_closed():
         said = await client.answers()
         client.close()
     assert error_of(said).code == "idle_timeout"
+
+
+async def test_a_chunk_may_change_the_audio_format(server):
+    audio = np.concatenate([load(SHORT), quiet(1.0), load(OTHER), quiet(0.5)])
+    half = len(load(SHORT)) + 16000 // 2  # inside the pause
+    async with AsyncTcpClient("127.0.0.1", port_of(server)) as client:
+        await client.write_event(Transcribe(language="en").event())
+        await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        await client.write_event(AudioChunk(rate=16000, width=2, channels=1,
+                                            audio=to_pcm(audio[:half])).event())
+        await client.write_event(AudioChunk(rate=8000, width=2, channels=2,
+                                            audio=to_pcm(audio[half:], 8000, 2, 2)).event())
+        await client.write_event(AudioStop().event())
+        seen = []
+        while (event := await asyncio.wait_for(client.read_event(), READ_TIMEOUT)) is not None:
+            seen.append(event)
+    (final,) = [Transcript.from_event(e) for e in seen if e.type == "transcript"]
+    assert wer(reference(SHORT) + " " + reference(OTHER), final.text) <= MAX_WER, final.text
+
+
+async def test_backpressure_holds_audio_that_arrives_faster_than_it_is_recognised(tmp_path):
+    # A backlog of at most 1 s: 11 s of audio sent at once is read as the recogniser keeps up.
+    hub = make_hub({"server": {"state_dir": str(tmp_path)},
+                    "engines": {"whisper": {"model": "tiny.en"}},
+                    "protocols": {"wyoming": {"max_backlog_s": 1.0}}}, only=["wyoming"])
+    async with running_server(hub, preload=True) as srv:
+        audio = np.concatenate([load(SHORT), quiet(1.0), load(OTHER), quiet(1.0), load(GO),
+                                quiet(0.5)])
+        result = await transcribe(srv.ports["wyoming"], to_pcm(audio), chunk_frames=16000)
+    expected = " ".join(reference(x) for x in (SHORT, OTHER, GO))
+    assert result.closed and not result.of("error")
+    assert wer(expected, result.text) <= MAX_WER, result.text
+    assert [c.data["text"] for c in result.of("transcript-chunk")]  # utterances streamed
