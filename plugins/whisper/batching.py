@@ -13,8 +13,7 @@ model worked on a batch of one), the calls meet in a :class:`DecodeBatcher`:
 - Finals before partials: while any final is waiting, a batch holds only finals.
 - A batch holds requests that the model can run together: the same length of previous-text
   prompt (CTranslate2 wants the start token at the same position in every row) and the same
-  encoder window (30 s for every final; a partial's short window grows in 5 s steps, so most
-  partials share one).
+  encoder window (windows grow in 5 s steps: most finals share 20 s, most partials 10 s).
 - Batching does not change text: each row of a batched CTranslate2 call computes what the
   same row computes alone (greedy decoding; tested), and every request keeps its own token
   budget, so a batch-mate's longer budget never lengthens its text.

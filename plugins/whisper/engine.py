@@ -13,13 +13,14 @@ Two decoding paths:
   without timestamps. Decodes asked for at the same time by different sessions run as one
   batched call (:mod:`asrhub_plugins.whisper.batching`): finals first, bounded gathering.
 
-Accuracy comes first: finals and files are decoded with Whisper's full 30 s window, as the
-model was trained. Only partial hypotheses (``adaptive_window``) use a shorter window (the
-audio plus at least 3 s of padding, at least 10 s): the encoder is most of the cost of a short
-decode and shrinks 3-5x, but the text can differ (measured over testdata: WER 3.9 % against
-3.2 % at 30 s, and a sentence repeated on a clip) -- acceptable for a hypothesis that is
-replaced a second later, not for the final. A looping, truncated or sentence-repeating partial
-is decoded again with 30 s; a sentence Whisper still repeats at 30 s is kept once
+Accuracy comes first. The encoder window (audio + at least 3 s of padding, in 5 s steps) is
+most of the cost of a short decode, and too short a window costs words: at 10 s (the minimum
+before issue 14) Whisper base scored WER 3.9 % on the trustworthy testdata clips against
+3.2 % at 30 s, and wrote a sentence twice on a short clip. Finals and files therefore get at
+least ``final_window_s`` (20 s: the WER of 30 s for base, better than 30 s for tiny.en, about
+half the cost of 30 s; bench/results/accuracy.md). Only partial hypotheses, replaced a second
+later, use the 10 s minimum. A looping, truncated or sentence-repeating decode is run again
+with 30 s; a sentence Whisper still repeats at 30 s is kept once
 (:func:`~asrhub_plugins.whisper.text.collapse_repeated_sentences`).
 
 Thread safety: every method may be called from several threads. Utterance decodes from
@@ -115,12 +116,13 @@ def token_budget(duration: float) -> int:
     return min(MAX_NEW_TOKENS, int(16 + 12 * duration))
 
 
-def window_frames(samples: int, adaptive: bool = True) -> int:
-    """Encoder window (mel frames) for ``samples`` of audio."""
+def window_frames(samples: int, adaptive: bool = True, minimum: int = MIN_WINDOW) -> int:
+    """Encoder window (mel frames) for ``samples`` of audio: the audio + >= 3 s of padding, at
+    least ``minimum``, in steps of 5 s; Whisper's 30 s when not ``adaptive``."""
     if not adaptive:
         return FULL_WINDOW
     needed = samples // HOP + 1 + WINDOW_PADDING
-    return min(FULL_WINDOW, max(MIN_WINDOW, -(-needed // WINDOW_STEP) * WINDOW_STEP))
+    return min(FULL_WINDOW, max(minimum, -(-needed // WINDOW_STEP) * WINDOW_STEP))
 
 
 def _compression_ratio(text: str) -> float:
@@ -255,8 +257,8 @@ class WhisperEngine:
         duration = len(audio) / SAMPLE_RATE
         exact = window is not None
         if window is None:
-            short = partial or self.settings.adaptive_finals
-            window = window_frames(len(audio), self.settings.adaptive_window and short)
+            window = (window_frames(len(audio), self.settings.adaptive_window) if partial
+                      else self.final_window(len(audio)))
         if not len(audio) or float(np.max(np.abs(audio))) < SILENCE_PEAK:
             # Whisper "hears" words in digital silence ("you"); nothing to decode.
             return Decoded("", language, 0.0, 0.0, 1.0,
@@ -298,6 +300,11 @@ class WhisperEngine:
             compute_s=time.perf_counter() - started,
             batch_size=request.batch_size,
         )
+
+    def final_window(self, samples: int) -> int:
+        """The encoder window of a final (or file) decode of ``samples`` of audio."""
+        minimum = -(-int(self.settings.final_window_s * SAMPLE_RATE / HOP) // WINDOW_STEP) * WINDOW_STEP
+        return window_frames(samples, self.settings.adaptive_window, max(MIN_WINDOW, minimum))
 
     def _previous_prompt(self, previous_text: str) -> list[int]:
         """``[sot_prev, *tokens]`` of the previous text (or the initial prompt), or []."""

@@ -37,10 +37,12 @@ class WhisperSettings:
     # least 10 s) instead of Whisper's fixed 30 s: 2-4x cheaper. Finals and files always use
     # 30 s (the shorter window cost accuracy: bench/results/accuracy.md). False = 30 s always.
     adaptive_window: bool = True
-    # Finals and files with that short window too (the behaviour before issue 14): decodes
-    # ~5x cheaper, so about twice the live streams on 2 cores, at a measured cost in accuracy
-    # (base: WER 3.9 % against 3.2 % offline, a sentence written twice on a short clip).
-    adaptive_finals: bool = False
+    # Finals and files: the encoder window is the audio + >= 3 s, at least this many seconds
+    # (10-30). Measured on every trustworthy testdata clip (bench/results/accuracy.md): 15 s
+    # and more gave base the WER of 30 s (3.25 %), tiny.en did better at 20 s than at 30 s
+    # (5.2 % against 6.5 %); 10 s (the window before issue 14) cost base 1.2x and wrote a
+    # sentence twice on a short clip. 20 s costs about half of 30 s. 30 = always Whisper's window.
+    final_window_s: float = 20.0
     # Streaming decodes that several sessions ask for at the same time run as one batched
     # engine call of at most this many utterances (1 = no batching). Batching does not change
     # the text. Batches can only be as large as the executor has workers ([executor] workers).
@@ -60,6 +62,8 @@ class WhisperSettings:
             raise ValueError("num_workers must be >= 1")
         if self.beam_size < 1:
             raise ValueError("beam_size must be >= 1")
+        if not 10 <= self.final_window_s <= 30:
+            raise ValueError("final_window_s must be between 10 and 30 (Whisper's window)")
         if not 1 <= self.max_batch <= 64:
             raise ValueError("max_batch must be between 1 and 64")
         if not 0 <= self.batch_gather_ms <= 200:

@@ -8,10 +8,11 @@ The stream keeps that affordable:
 - A partial result is decoded at most every ``partial_interval`` seconds of new audio (with
   the engine's short adaptive window), and put off (up to 3 intervals) while the model is busy
   with other streams (their finals go first).
-- Finals are decoded with Whisper's full 30 s window: the accuracy of a file transcript.
+- Finals are decoded with the engine's final window (``final_window_s``, 20 s; partials 10 s):
+  the accuracy of a file transcript.
 - When the VAD reports ``silence_since`` (the Silero stream does), the utterance is decoded as
   soon as 0.2 s of quiet follows the speech, ahead of the ``end`` event that comes
-  ``min_silence_ms`` later. That decode uses the full window: if no speech came in between, it
+  ``min_silence_ms`` later. That decode uses the final window: if no speech came in between, it
   *is* the final result (no second decode), and the final arrives as soon as the VAD confirms
   the end. While the model is busy with other streams that guess is left out.
 - An utterance longer than ``max_utterance_s`` is cut at its quietest recent 100 ms.
@@ -248,9 +249,9 @@ class WhisperStream:
         self.stats.partial_decodes += 1
         utterance.decoded_end = utterance.since = self._clock
         utterance.last = decoded
-        # A partial decoded the way a final is (30 s window, or adaptive_finals) may stand.
-        utterance.last_is_final_quality = (final_quality or decoded.full_window
-                                           or self._engine.settings.adaptive_finals)
+        # A partial decoded the way a final is (with at least the final's window) may stand.
+        utterance.last_is_final_quality = (
+            final_quality or decoded.window >= self._engine.final_window(self._clock - utterance.start))
         if not self._partials or not decoded.text or decoded.text == utterance.last_text:
             return []
         utterance.last_text = decoded.text

@@ -70,25 +70,25 @@ def test_the_clip_that_came_back_twice_comes_back_once(base: WhisperEngine, base
     audio = clip(REPEATING)
     text = base.transcribe(audio, language="en").text
     assert text and not has_repeated_sentence(text), text
-    # The file path decodes with the full window, as adaptive_window = false would...
+    assert base.decode(audio, "en").window == base.final_window(len(audio)) == 2000
+    # A partial (10 s window) repeated the clause: it is decoded again with the full window.
+    partial = base.decode(audio, "en", partial=True)
+    assert partial.window == FULL_WINDOW and not has_repeated_sentence(partial.text)
     full = WhisperEngine(WhisperSettings(adaptive_window=False), state_dir=base_dir)
     try:
-        assert full.transcribe(audio, language="en").text == text
+        assert full.transcribe(audio, language="en").text == partial.text
     finally:
         full.close()
-    # ...and a partial (short window) that repeats is decoded again with the full window.
-    partial = base.decode(audio, "en", partial=True)
-    assert partial.window == FULL_WINDOW and partial.text == text
 
 
-def test_finals_use_the_full_window_and_partials_the_short_one(tiny: WhisperEngine, clip) -> None:
-    audio = clip(CLIPS[1])
-    assert tiny.decode(audio, "en").window == FULL_WINDOW
+def test_finals_use_the_final_window_and_partials_the_short_one(tiny: WhisperEngine, clip) -> None:
+    audio = clip(CLIPS[1])  # 3.3 s
+    assert tiny.decode(audio, "en").window == tiny.final_window(len(audio)) == 2000
     assert tiny.transcribe(audio, language="en").segments[0].text == tiny.decode(audio, "en").text
     assert tiny.decode(audio, "en", partial=True).window < FULL_WINDOW
 
 
-def test_stream_finals_are_full_window_decodes(tiny: WhisperEngine, clip) -> None:
+def test_stream_finals_are_final_window_decodes(tiny: WhisperEngine, clip) -> None:
     audio = np.concatenate([np.zeros(8000, np.float32), clip(CLIPS[0]), np.zeros(16000, np.float32)])
     stream = tiny.open_stream()
     finals = []
@@ -188,12 +188,19 @@ def test_features_are_faster_whispers_exactly(tiny: WhisperEngine, clip, name: s
 
 
 
-def test_adaptive_finals_brings_back_the_short_window_for_finals(tmp_path: Path, clip) -> None:
-    engine = WhisperEngine(WhisperSettings(model="tiny.en", adaptive_finals=True),
+@pytest.mark.parametrize(("seconds", "frames"), [(10, 1000), (15, 1500), (30, FULL_WINDOW)])
+def test_the_final_window_is_a_setting(tmp_path: Path, clip, seconds: float, frames: int) -> None:
+    engine = WhisperEngine(WhisperSettings(model="tiny.en", final_window_s=seconds),
                            state_dir=tmp_path)
     try:
         audio = clip(CLIPS[1])
-        assert engine.decode(audio, "en").window < FULL_WINDOW
-        assert engine.transcribe(audio, language="en").text
+        assert engine.decode(audio, "en").window == frames
+        assert engine.final_window(25 * 16000) == FULL_WINDOW  # audio + 3 s wins
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("seconds", [9.0, 31.0])
+def test_a_final_window_outside_whispers_is_refused(seconds: float) -> None:
+    with pytest.raises(ValueError, match="final_window_s"):
+        WhisperSettings(final_window_s=seconds).validate()
