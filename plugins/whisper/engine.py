@@ -193,8 +193,10 @@ class WhisperEngine:
         self.decodes = 0
         self.decode_seconds = 0.0
         self._eot = self._tokenizer("en").eot
-        self.batcher = DecodeBatcher(self._run_batch, max_batch=settings.max_batch,
-                                     gather_s=settings.batch_gather_ms / 1000)
+        self.batcher = DecodeBatcher(
+            self._run_batch, max_batch=settings.max_batch,
+            gather_s=settings.batch_gather_ms / 1000,
+            max_window=int(settings.batch_max_window_s * SAMPLE_RATE / HOP))
 
     # ------------------------------------------------------------------ helpers
 

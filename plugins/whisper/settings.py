@@ -50,6 +50,10 @@ class WhisperSettings:
     # How long the first decode waits for others to join its batch when the model is idle and
     # other sessions decoded within the last second (milliseconds; bounded, 0 = never waits).
     batch_gather_ms: float = 10.0
+    # Only decodes whose encoder window is at most this long are batched (seconds); longer ones
+    # run one at a time. On CPU a batch of 20 s windows was slower than one by one (measured:
+    # plugins/whisper/batching.py); 10 s windows (partials) batch well. Raise it on a GPU.
+    batch_max_window_s: float = 10.0
     # Files: skip non-speech with faster-whisper's Silero filter before decoding.
     vad_filter: bool = False
 
@@ -66,6 +70,8 @@ class WhisperSettings:
             raise ValueError("final_window_s must be between 10 and 30 (Whisper's window)")
         if not 1 <= self.max_batch <= 64:
             raise ValueError("max_batch must be between 1 and 64")
+        if not 10 <= self.batch_max_window_s <= 30:
+            raise ValueError("batch_max_window_s must be between 10 and 30")
         if not 0 <= self.batch_gather_ms <= 200:
             raise ValueError("batch_gather_ms must be between 0 and 200")
         if self.partial_interval < 0:

@@ -125,7 +125,9 @@ def test_a_batched_engine_call_gives_the_text_of_one_by_one_calls(tiny: WhisperE
 
 @pytest.mark.slow
 def test_concurrent_decodes_are_batched_and_keep_their_text(tmp_path: Path, clip) -> None:
-    engine = WhisperEngine(WhisperSettings(model="tiny.en", batch_gather_ms=200, max_batch=4),
+    # Final windows (20 s) are batched only when allowed (a GPU setting; on CPU they run alone).
+    engine = WhisperEngine(WhisperSettings(model="tiny.en", batch_gather_ms=200, max_batch=4,
+                                           batch_max_window_s=30),
                            state_dir=tmp_path)
     try:
         audios = [clip(name) for name in CLIPS]
@@ -164,6 +166,19 @@ def test_finals_go_before_partials_and_batches_stay_compatible(tiny: WhisperEngi
     assert batcher._take() == finals[:2]  # max_batch
     assert batcher._take() == [finals[2]]
     assert batcher._take() == [partial]
+
+
+def test_long_windows_run_alone_short_ones_together(tiny: WhisperEngine) -> None:
+    from asrhub_plugins.whisper.batching import DecodeBatcher
+
+    batcher = DecodeBatcher(lambda batch: None, max_batch=8, gather_s=0, max_window=1000)
+    audio = np.zeros(16000, np.float32)
+    finals = [_request(tiny, audio) for _ in range(2)]  # 30 s windows
+    partials = [_request(tiny, audio, partial=True) for _ in range(3)]  # 10 s windows
+    batcher._queue = [*partials, *finals]
+    assert batcher._take() == [finals[0]]
+    assert batcher._take() == [finals[1]]
+    assert batcher._take() == partials
 
 
 def test_a_failing_batch_fails_each_of_its_callers(tiny: WhisperEngine) -> None:
