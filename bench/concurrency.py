@@ -651,8 +651,8 @@ silence between sentences, 0.3 s before the first; stream *i* starts with clip *
 (`make_hub` → `hub.make_executor()` → `engine.open_stream(language="en",
 vad=silero.open_stream())` → `StreamPump`), with a `LoopLagMonitor` on the loop and the server's
 GIL switch interval (1 ms). Whisper settings are the defaults (int8, 2 threads, 1 CTranslate2
-worker, beam 1, partials every 1 s, finals with the 30 s window, decodes batched across sessions
-up to 8) unless the section title names others; executor nice 5 with one worker per stream
+worker, beam 1, partials every 1 s, finals with a window of at least 20 s, partials batched across sessions
+up to 8, finals one at a time) unless the section title names others; executor nice 5 with one worker per stream
 (`--workers`; at least 2) so that every stream's decode can join a batch. Sections titled "stop
 after each sentence" (`--stop-each`) make every sentence its own session, ended by `stop` right
 after its last word: there, *final* is stop → final. The machine is shared with other jobs
