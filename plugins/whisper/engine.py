@@ -102,11 +102,6 @@ class Decoded:
     batch_size: int = 1  # decodes in the engine call that made this one
 
     @property
-    def full_window(self) -> bool:
-        """Decoded with Whisper's 30 s window (final quality)."""
-        return self.window >= FULL_WINDOW
-
-    @property
     def confidence(self) -> float:
         return float(min(1.0, math.exp(self.avg_logprob)))
 
