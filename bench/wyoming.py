@@ -283,6 +283,16 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def code_version() -> str:
+    """The commit the servers ran, and which of asrhub's files differed from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--short", "--", "asrhub", "plugins").splitlines()
+    head = git("rev-parse", "--short", "HEAD")
+    return f"`{head}`" + (f" + uncommitted changes in {len(dirty)} files" if dirty else "")
+
+
 def corpus_wer(requests: list[Request]) -> float:
     import jiwer
 
@@ -329,7 +339,7 @@ async def bench_model(model: str, levels: list[int], rounds: dict[int, int], cli
 
 
 def report(all_results: dict[str, tuple[list[Level], dict[str, float]]], levels: list[int],
-           started: str, finished: str, args: argparse.Namespace) -> str:
+           started: str, finished: str, code: str) -> str:
     lines = [
         "# Wyoming: asrhub vs wyoming-faster-whisper",
         "",
@@ -349,6 +359,7 @@ def report(all_results: dict[str, tuple[list[Level], dict[str, float]]], levels:
         "time**: absolute numbers move with their load (`uptime` below and per level); the "
         "ratios compare two servers measured minutes apart under the same conditions.",
         "",
+        f"- code: {code} (at the start)",
         f"- start: `{started}`",
         f"- end: `{finished}`",
         "",
@@ -398,12 +409,12 @@ def main() -> None:
     tmp = WORK / "wyoming-run"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    started = uptime()
+    started, code = uptime(), code_version()
     all_results = {}
     for model in args.models.split(","):
         print(f"{model}: {model_dir(model)}", flush=True)
         all_results[model] = asyncio.run(bench_model(model, levels, rounds, clips, tmp))
-    text = report(all_results, levels, started, uptime(), args)
+    text = report(all_results, levels, started, uptime(), code)
     Path(args.out).write_text(text + "\n")
     print(text)
 
