@@ -258,6 +258,8 @@ class Server:
 
     def _warn_if_open(self) -> None:
         for lst in self.hub.enabled_listeners():
+            if lst.spec.transport == "tcp":
+                continue  # no token applies; such a plugin warns in its own words
             if lst.config.host not in ("127.0.0.1", "::1", "localhost") and not lst.config.token:
                 log.warning("listening_without_token", protocol=lst.label, host=lst.config.host,
                             hint="anyone who can reach this address can use it: set [server] "
