@@ -102,8 +102,12 @@ def build_result(segments: list[Segment], duration: float, language: str | None)
     for index, seg in enumerate(segments):
         speaker = seg.speaker or "speaker_0"
         speakers.setdefault(speaker, []).append(index)
-        rows.append({"text": seg.text.strip(), "start": round(seg.start, 3),
-                     "end": round(seg.end, 3), "speaker": speaker})
+        row: dict[str, Any] = {"text": seg.text.strip(), "start": round(seg.start, 3),
+                               "end": round(seg.end, 3), "speaker": speaker}
+        if seg.words:  # kept for subtitles; replies other than SRT leave them out
+            row["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word}
+                            for w in seg.words]
+        rows.append(row)
     ordered = sorted(speakers, key=lambda s: int(s.rsplit("_", 1)[-1]))
     return {
         "text": join_texts([seg.text for seg in segments]),
@@ -119,6 +123,8 @@ def render_result(result: dict[str, Any], fmt: str) -> dict[str, Any]:
     """The result as sent for ``output_format``: for "srt", ``text`` holds the SRT document
     (the seed's layout, ``<speaker_N>`` before each cue's text); segments etc. are unchanged."""
     out = dict(result, format=fmt)
+    if any("words" in s for s in result.get("segments", ())):  # the seed's row shape on the wire
+        out["segments"] = [{k: v for k, v in s.items() if k != "words"} for s in result["segments"]]
     if fmt == "srt":
         transcript = Transcript(
             text=result["text"], language=result.get("language"), duration=result["duration"],
@@ -152,8 +158,10 @@ class FileTranscriber:
         return await self.hub.executor.run(fn, *args, priority=Priority.BATCH, engine=engine,
                                            timeout=3600, **kwargs)
 
-    async def transcribe(self, path: Path, report: Report) -> tuple[dict[str, Any], float]:
-        """Returns (result, audio duration in seconds). Raises AudioError for undecodable files."""
+    async def transcribe(self, path: Path, report: Report, *,
+                         words: bool = False) -> tuple[dict[str, Any], float]:
+        """Returns (result, audio duration in seconds), with word times in the segment rows when
+        ``words``. Raises AudioError for undecodable files."""
         report(0.0, "正在解码音频...")
         started = time.perf_counter()
         audio: Audio = await self._run(decode_file, path, engine=None)
@@ -173,7 +181,7 @@ class FileTranscriber:
             pieces = plan_pieces(regions, len(audio), max_len=max_len, speakers=speakers,
                                  split=lambda lo, hi: quietest_point(audio, lo, hi))
         report(DIARIZE_END, "正在转录音频...")
-        segments, language = await self._transcribe_pieces(audio, pieces, report)
+        segments, language = await self._transcribe_pieces(audio, pieces, report, words=words)
         if regions is None and self.settings.diarization and segments:
             # No VAD: speakers of the ASR segments instead of the speech regions.
             labels = await self._speakers(audio, [(s.start, s.end) for s in segments], report, 99.0, 99.0)
@@ -181,8 +189,8 @@ class FileTranscriber:
                 seg.speaker = f"speaker_{label}"
         return build_result(segments, duration, language), duration
 
-    async def _transcribe_pieces(self, audio: Audio, pieces: list[Piece],
-                                 report: Report) -> tuple[list[Segment], str | None]:
+    async def _transcribe_pieces(self, audio: Audio, pieces: list[Piece], report: Report, *,
+                                 words: bool = False) -> tuple[list[Segment], str | None]:
         loop = asyncio.get_running_loop()
         engine_name = self.hub.engine_name("asr", self.settings.asr_engine or None)
         engine = await self.hub.asr(self.settings.asr_engine or None)
@@ -202,7 +210,7 @@ class FileTranscriber:
 
             transcript: Transcript = await self._run(
                 engine.transcribe, audio[piece.start:piece.end], engine=engine_name,
-                language=language, word_timestamps=False, progress=progress)
+                language=language, word_timestamps=words, progress=progress)
             # Detect the language once (on the first piece with speech), then keep it.
             if language is None and transcript.language and transcript.text.strip():
                 language = transcript.language
@@ -215,7 +223,9 @@ class FileTranscriber:
                 if seg.text.strip():
                     segments.append(Segment(start=seg.start + offset, end=seg.end + offset,
                                             text=seg.text, speaker=speaker or "speaker_0",
-                                            confidence=seg.confidence))
+                                            confidence=seg.confidence,
+                                            words=[Word(w.start + offset, w.end + offset, w.word,
+                                                        w.probability) for w in seg.words]))
             done += span
             report(DIARIZE_END + done / speech_total * (100.0 - DIARIZE_END), "正在转录音频...")
         return segments, language

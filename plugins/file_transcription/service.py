@@ -572,8 +572,11 @@ class FileService:
         started = time.perf_counter()
         try:
             with structlog.contextvars.bound_contextvars(task_id=task_id):
+                # Subtitles are cut at word times: ask the engine for them when the task
+                # was uploaded for SRT (other formats skip the alignment's cost).
                 result, duration = await self.transcriber.transcribe(
-                    self.store.audio_path(task), lambda p, s: self._progress(run, p, s))
+                    self.store.audio_path(task), lambda p, s: self._progress(run, p, s),
+                    words=task.output_format == "srt")
         except (asyncio.CancelledError, ExecutorClosed):
             # The server is stopping: not the file's fault; it resumes on the next start.
             if self._store is not None:

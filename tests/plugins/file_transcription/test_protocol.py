@@ -257,3 +257,38 @@ async def test_plain_http_get_describes_the_service(server):
         async with http.get(f"http://127.0.0.1:{port}/health") as resp:
             assert resp.status == 200
 
+
+
+def srt_cues(text: str) -> list[tuple[float, float, list[str]]]:
+    def seconds(stamp: str) -> float:
+        h, m, rest = stamp.split(":")
+        s, ms = rest.split(",")
+        return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+
+    cues = []
+    for block in text.strip().split("\n\n"):
+        lines = block.split("\n")
+        start, end = (seconds(x) for x in lines[1].split(" --> "))
+        cues.append((start, end, lines[2:]))
+    return cues
+
+
+@pytest.mark.slow
+async def test_srt_cues_are_cut_at_word_times_within_subtitle_limits(server, tmp_path):
+    """A ~25 s recording uploaded for SRT: the words come from the engine's word timestamps,
+    every cue at most 7 s and two lines of 42 columns (issue 16; before, one cue held a whole
+    20 s segment)."""
+    from asrhub.formats import MAX_CUE_S, MAX_LINE_WIDTH, MAX_LINES, width
+
+    names = READER[:3]
+    path = write_wav(tmp_path / "three.wav", joined(names, gap_s=0.5))
+    srt, _ = await doc_transcribe(server, path, output_format="srt")
+    assert all("words" not in seg for seg in srt["segments"])  # the seed's row shape
+    cues = srt_cues(srt["text"])
+    assert len(cues) >= len(srt["segments"])
+    for start, end, lines in cues:
+        assert 0 < end - start <= MAX_CUE_S + 0.01
+        assert 1 <= len(lines) <= MAX_LINES
+        assert all(width(line.replace("<speaker_0>", "").strip()) <= MAX_LINE_WIDTH for line in lines)
+    spoken = " ".join(" ".join(lines).replace("<speaker_0>", "") for _, _, lines in cues)
+    assert wer(" ".join(reference(n) for n in names), spoken) <= MAX_WER

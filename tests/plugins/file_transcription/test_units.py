@@ -172,3 +172,20 @@ def test_scope_and_quota_key_of_a_connection():
         S(cache_scope="token"), False, "b", "p")[0]
     assert identity(S(cache_scope="peer"), False, "", "10.0.0.2")[0] == "peer:10.0.0.2"
     assert identity(S(cache_scope="none"), True, "s3cret", "p")[2] is False
+
+
+def test_render_result_keeps_the_seed_rows_and_cuts_srt_at_word_times():
+    from asrhub_plugins.file_transcription.pipeline import render_result
+
+    words = [{"start": 0.0 + i * 0.5, "end": 0.4 + i * 0.5, "word": f" w{i}"} for i in range(30)]
+    result = {"text": " ".join(w["word"].strip() for w in words), "duration": 15.0, "language": "en",
+              "segments": [{"text": " ".join(w["word"].strip() for w in words), "start": 0.0,
+                            "end": 14.9, "speaker": "speaker_0", "words": words}],
+              "speakers": [{"id": "speaker_0", "name": "说话人1", "segments": [0]}]}
+    as_json = render_result(result, "json")
+    assert set(as_json["segments"][0]) == {"text", "start", "end", "speaker"}
+    srt = render_result(result, "srt")["text"]
+    blocks = srt.strip().split("\n\n")
+    assert len(blocks) >= 3  # one 15 s segment, cues of at most 7 s cut at word times
+    first_end = blocks[0].split("\n")[1].split(" --> ")[1]
+    assert first_end.endswith(",400") or first_end.endswith(",900")  # a word's end time
