@@ -30,11 +30,15 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from asrhub.audio import decode_file, float_to_pcm16
-from asrhub.testing import free_port, testdata_dir
+# Run as a script, bench/ is sys.path[0] and bench/wyoming.py would shadow the wyoming package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from asrhub.audio import decode_file, float_to_pcm16  # noqa: E402
+from asrhub.testing import free_port, testdata_dir  # noqa: E402
 
 CLIP = "en/pocketsphinx_librivox_ss01_0870.wav"
-PROTOCOLS = ["ptt", "streaming_stt", "vad_stream", "file_transcription", "session_broadcast"]
+PROTOCOLS = ["ptt", "streaming_stt", "vad_stream", "file_transcription", "session_broadcast",
+             "openai_api", "funasr_runtime", "wyoming"]
 
 
 def proc_memory(pid: int) -> dict[str, float]:
@@ -163,15 +167,69 @@ async def broadcast(port: int, pcm: np.ndarray) -> str:
     return " ".join(texts)
 
 
+async def openai_upload(port: int, path: Path) -> str:
+    form = aiohttp.FormData()
+    form.add_field("file", path.read_bytes(), filename=path.name, content_type="audio/wav")
+    form.add_field("model", "whisper-1")
+    async with aiohttp.ClientSession() as http, \
+            http.post(f"http://127.0.0.1:{port}/v1/audio/transcriptions", data=form) as resp:
+        return (await resp.json()).get("text", "")
+
+
+async def funasr_offline(port: int, pcm: np.ndarray) -> str:
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/") as ws:
+        await ws.send_json({"mode": "offline", "wav_name": "bench", "wav_format": "pcm",
+                            "audio_fs": 16000, "is_speaking": True})
+        data = float_to_pcm16(pcm)
+        for i in range(0, len(data), 19200):
+            await ws.send_bytes(data[i:i + 19200])
+        await ws.send_json({"is_speaking": False})
+        async for msg in ws:
+            body = json.loads(msg.data)
+            if body.get("mode") == "offline":
+                return body.get("text", "")
+    return ""
+
+
+async def wyoming(port: int, pcm: np.ndarray) -> str:
+    from wyoming.asr import Transcribe, Transcript
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+    from wyoming.client import AsyncTcpClient
+
+    data = float_to_pcm16(pcm)
+    async with AsyncTcpClient("127.0.0.1", port) as client:
+        await client.write_event(Transcribe(language="en").event())
+        await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        for i in range(0, len(data), 3200):
+            await client.write_event(AudioChunk(rate=16000, width=2, channels=1,
+                                                audio=data[i:i + 3200]).event())
+            await asyncio.sleep(0.1)
+        await client.write_event(AudioStop().event())
+        while (event := await client.read_event()) is not None:
+            if Transcript.is_type(event.type):
+                return Transcript.from_event(event).text
+    return ""
+
+
 async def exercise(ports: dict[str, int], pcm: np.ndarray, wav: Path) -> dict[str, str]:
     jobs = {"ptt": lambda: ptt(ports["ptt"], pcm),
             "streaming_stt": lambda: streaming(ports["streaming_stt"], pcm),
             "vad_stream": lambda: vad_stream(ports["vad_stream"], pcm),
             "file_transcription": lambda: file_upload(ports["file_transcription"], wav),
-            "session_broadcast": lambda: broadcast(ports["session_broadcast"], pcm)}
+            "session_broadcast": lambda: broadcast(ports["session_broadcast"], pcm),
+            "openai_api": lambda: openai_upload(ports["openai_api"], wav),
+            "funasr_runtime": lambda: funasr_offline(ports["funasr_runtime"], pcm),
+            "wyoming": lambda: wyoming(ports["wyoming"], pcm)}
     names = [n for n in jobs if n in ports]
     results = await asyncio.gather(*(jobs[n]() for n in names))
     return dict(zip(names, results, strict=True))
+
+
+def scrape(port: int | None) -> str:
+    if port is None:  # a TCP-only server has no /metrics
+        return ""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
 
 
 def run(enabled: list[str], model: str, pcm: np.ndarray, wav: Path) -> dict:
@@ -192,25 +250,27 @@ def run(enabled: list[str], model: str, pcm: np.ndarray, wav: Path) -> dict:
     with log_path.open("w") as log:
         server = subprocess.Popen([asrhub, "serve", "--config", str(config)], stdout=log, stderr=log)
     try:
-        first = ports[enabled[0]]
+        first = ports[next(n for n in enabled if n != "wyoming")] if enabled != ["wyoming"] else None
         deadline = time.monotonic() + 300
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{first}/health", timeout=2) as resp:
-                    if resp.status == 200:
+                if first is None:  # a TCP-only server: ready once its engines are loaded
+                    if '"event": "ready"' in log_path.read_text():
                         break
+                else:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{first}/health", timeout=2) as resp:
+                        if resp.status == 200:
+                            break
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
         ready_mem = proc_memory(server.pid)
-        with urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5) as resp:
-            metrics_before = resp.read().decode()
+        metrics_before = scrape(first)
         texts = asyncio.run(exercise({n: ports[n] for n in enabled}, pcm, wav))
         mem = proc_memory(server.pid)
-        with urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5) as resp:
-            metrics = resp.read().decode()
+        metrics = scrape(first)
         loads = [json.loads(line) for line in log_path.read_text().splitlines()
                  if '"engine_loaded"' in line]
         return {"enabled": enabled, "ready_rss_mb": ready_mem["VmRSS"], "rss_mb": mem["VmRSS"],
@@ -236,18 +296,18 @@ def main() -> None:
     total = sum(r["rss_mb"] for r in singles.values())
     rows = ["| server | RSS ready (MB) | RSS after a session (MB) | peak (MB) | loop lag p50 / p99 (ms) | engines loaded |",
             "|---|---|---|---|---|---|"]
-    for name, r in [*singles.items(), ("all five together", every)]:
+    for name, r in [*singles.items(), (f"all {len(PROTOCOLS)} together", every)]:
         rows.append(f"| {name} | {r['ready_rss_mb']:.0f} | {r['rss_mb']:.0f} | {r['peak_mb']:.0f} | "
                     f"{r['lag_p50_ms']:g} / {r['lag_p99_ms']:g} | {', '.join(r['engine_loads'])} |")
     rows += ["", f"all together / largest single protocol ({', '.join(biggest['enabled'])}): "
-             f"**{every['rss_mb'] / biggest['rss_mb']:.2f}x**; all together / sum of five separate "
+             f"**{every['rss_mb'] / biggest['rss_mb']:.2f}x**; all together / sum of {len(PROTOCOLS)} separate "
              f"servers: **{every['rss_mb'] / total:.2f}x** ({every['rss_mb']:.0f} MB vs {total:.0f} MB)."]
     report = [f"# Memory and event-loop lag (`bench/memory_and_lag.py --model {args.model}`)", "",
               f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores); "
               f"one concurrent session per enabled protocol, clip `{CLIP}`. Lag is the upper bound "
               "of the /metrics histogram bucket holding that quantile, "
               "over the sessions only (start-up, when models load, is left out).", "", *rows, "",
-              "Texts (all five protocols at once):", ""]
+              f"Texts (all {len(PROTOCOLS)} protocols at once):", ""]
     report += [f"- {name}: {text}" for name, text in every["texts"].items()]
     text = "\n".join(report) + "\n"
     print(text)
