@@ -9,7 +9,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.asrhub-installed
 
-.PHONY: install serve test test-fast lint system-deps clean example-config
+.PHONY: install serve test test-fast test-models lint system-deps clean example-config
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,9 +44,14 @@ lint: install
 test: install system-deps lint
 	$(VENV)/bin/pytest -q
 
-# The developer's inner loop: lint, then every test but the slow ones (over ~5 s), the
-# browser ones and the cluster ones; well under a minute. `make test` stays the full suite (CI).
+# The developer's inner loop: lint, then every test but the slow ones (over ~5 s), those that
+# load real models (tests/conftest.py marks them), the browser ones and the cluster ones: the
+# core, every protocol's sessions and transport on the fake engines. `make test` stays the
+# full suite (CI); `make test-models` adds the model tests that are not slow.
 test-fast: install lint
+	$(VENV)/bin/pytest -q -m "not slow and not browser and not cluster and not models"
+
+test-models: install
 	$(VENV)/bin/pytest -q -m "not slow and not browser and not cluster"
 
 clean:
