@@ -335,6 +335,46 @@ class FakeASR:
         pass
 
 
+class ScriptedVADStream:
+    """A :class:`~asrhub.engine.VADStream` that reports given speech regions (start, end in
+    samples) the way a streaming VAD does: a start once the speech has lasted ``start_delay``
+    samples (shorter regions are never reported), an end ``end_delay`` after the speech
+    stopped. ``finish()`` reports what is still due (``flush_all``: every region left, heard
+    or not, as a VAD that closes open speech at the end of input)."""
+
+    def __init__(self, regions: list[tuple[int, int]], start_delay: int = 0, end_delay: int = 0,
+                 *, flush_all: bool = True) -> None:
+        self.regions = [(s, e) for s, e in regions if e - s >= start_delay]
+        self.start_delay = start_delay
+        self.end_delay = end_delay
+        self.flush_all = flush_all
+        self.reset()
+
+    def reset(self) -> None:
+        self.pos = 0
+        self.sent: set[tuple[str, int]] = set()
+
+    def _due(self, until: int) -> list:
+        from asrhub.engine import VADEvent
+
+        out = []
+        for start, end in self.regions:
+            if ("start", start) not in self.sent and start + self.start_delay <= until:
+                self.sent.add(("start", start))
+                out.append(VADEvent("start", start))
+            if ("end", end) not in self.sent and end + self.end_delay <= until:
+                self.sent.add(("end", end))
+                out.append(VADEvent("end", end))
+        return out
+
+    def accept(self, pcm: Any) -> list:
+        self.pos += len(pcm)
+        return self._due(self.pos)
+
+    def finish(self) -> list:
+        return self._due(10 ** 12 if self.flush_all else self.pos)
+
+
 class FakeVADStream:
     """A :class:`~asrhub.engine.VADStream` on energy: a 512-sample frame is speech when its RMS
     is at least ``threshold``. "start" (at the first speech frame) once ``start_frames`` speech

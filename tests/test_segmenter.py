@@ -9,7 +9,6 @@ import asyncio
 import numpy as np
 import pytest
 
-from asrhub.engine import VADEvent
 from asrhub.executor import InferenceExecutor
 from asrhub.segmenter import (
     SegmentPump,
@@ -19,36 +18,16 @@ from asrhub.segmenter import (
     quietest_point,
 )
 from asrhub.streaming import BacklogFull
+from asrhub.testing import ScriptedVADStream
 
 RATE = 16000
 
 
-class RegionsVAD:
-    """A VAD stream that reports fixed speech regions as soon as it has heard their edges."""
+class RegionsVAD(ScriptedVADStream):
+    """Fixed speech regions, each edge reported as soon as it has been heard."""
 
     def __init__(self, regions: list[tuple[int, int]]) -> None:
-        self.regions = regions
-        self.reset()
-
-    def reset(self) -> None:
-        self.pos = 0
-        self.sent: set[tuple[str, int]] = set()
-
-    def _due(self, until: int) -> list[VADEvent]:
-        out = []
-        for start, end in self.regions:
-            for kind, sample in (("start", start), ("end", end)):
-                if (kind, sample) not in self.sent and sample <= until:
-                    self.sent.add((kind, sample))
-                    out.append(VADEvent(kind, sample))
-        return out
-
-    def accept(self, pcm) -> list[VADEvent]:
-        self.pos += len(pcm)
-        return self._due(self.pos)
-
-    def finish(self) -> list[VADEvent]:
-        return self._due(self.pos)
+        super().__init__(regions, flush_all=False)
 
 
 def test_quietest_point_is_the_middle_of_the_quietest_frame():

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asrhub.engine import VADEvent
 from asrhub.segmenter import SpeechEnded, SpeechStarted, UtteranceSegmenter
+from asrhub.testing import ScriptedVADStream
 from asrhub_plugins.vad.silero import SileroSettings, SileroVAD
 from asrhub_plugins.vad_stream.quality import rms, segment_rejection, text_rejection
 from asrhub_plugins.vad_stream.session import make_segmenter
@@ -20,38 +20,6 @@ from asrhub_plugins.vad_stream.settings import VadStreamSettings
 from .conftest import CLIP_GO, CLIP_NOT_ILL, samples
 
 FRAME = 512
-
-
-class ScriptedVAD:
-    """Raw speech regions (start, end) in samples, reported the way a streaming VAD does: a
-    start once the speech has lasted ``start_delay`` (shorter regions are never reported), an
-    end ``end_delay`` after the speech stopped (the VAD waits for enough silence)."""
-
-    def __init__(self, regions: list[tuple[int, int]], start_delay: int = 0, end_delay: int = 0) -> None:
-        self.regions = [(s, e) for s, e in regions if e - s >= start_delay]
-        self.start_delay = start_delay
-        self.end_delay = end_delay
-        self.reset()
-
-    def reset(self) -> None:
-        self.pos = 0
-        self.sent: set[tuple[str, int]] = set()
-
-    def _due(self, until: int) -> list[VADEvent]:
-        out = []
-        for start, end in self.regions:
-            for kind, sample, delay in (("start", start, self.start_delay), ("end", end, self.end_delay)):
-                if (kind, sample) not in self.sent and sample + delay <= until:
-                    self.sent.add((kind, sample))
-                    out.append(VADEvent(kind, sample))
-        return out
-
-    def accept(self, pcm) -> list[VADEvent]:
-        self.pos += len(pcm)
-        return self._due(self.pos)
-
-    def finish(self) -> list[VADEvent]:
-        return self._due(10 ** 12)
 
 
 def run(segmenter: UtteranceSegmenter, total: int, chunk: int = 320) -> list:
@@ -67,7 +35,7 @@ def make(regions, delays=(0, 0), **kwargs) -> UtteranceSegmenter:
     options = dict(enter_samples=3 * FRAME, exit_samples=10 * FRAME, prefix_samples=4800,
                    history_samples=32000, max_samples=30 * 16000)
     options.update(kwargs)
-    return UtteranceSegmenter(ScriptedVAD(regions, *delays), **options)
+    return UtteranceSegmenter(ScriptedVADStream(regions, *delays), **options)
 
 
 def ends(events) -> list[SpeechEnded]:
