@@ -119,7 +119,26 @@ class TaskRow:
         return self.file_name.rsplit(".", 1)[-1].lower() if "." in self.file_name else "bin"
 
 
-class TaskStore:
+class SpoolFiles:
+    """The upload spool both task stores share: ``<uploads>/<task_id>/data`` while receiving,
+    ``audio.<ext>`` once complete."""
+
+    uploads: Path
+
+    def spool_dir(self, task_id: str) -> Path:
+        return self.uploads / task_id
+
+    def partial_path(self, task_id: str) -> Path:
+        return self.spool_dir(task_id) / "data"
+
+    def audio_path(self, task: TaskRow) -> Path:
+        return self.spool_dir(task.task_id) / f"audio.{task.extension}"
+
+    def remove_spool(self, task_id: str) -> None:
+        shutil.rmtree(self.spool_dir(task_id), ignore_errors=True)
+
+
+class TaskStore(SpoolFiles):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uploads = root / "uploads"
@@ -284,19 +303,6 @@ class TaskStore:
 
         return _Tx()
 
-    # ------------------------------------------------------------------ spool (files)
-
-    def spool_dir(self, task_id: str) -> Path:
-        return self.uploads / task_id
-
-    def partial_path(self, task_id: str) -> Path:
-        return self.spool_dir(task_id) / "data"
-
-    def audio_path(self, task: TaskRow) -> Path:
-        return self.spool_dir(task.task_id) / f"audio.{task.extension}"
-
-    def remove_spool(self, task_id: str) -> None:
-        shutil.rmtree(self.spool_dir(task_id), ignore_errors=True)
 
 
 # ----------------------------------------------------------------------- blocking file work

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import messages as m
-from .store import TaskRow, private_dir
+from .store import SpoolFiles, TaskRow, private_dir
 
 if TYPE_CHECKING:
     from asrhub.cluster import Cluster
@@ -111,7 +111,7 @@ def _decode(raw: dict[bytes, bytes]) -> TaskRow:
     return TaskRow(**values)
 
 
-class RedisTaskStore:
+class RedisTaskStore(SpoolFiles):
     """:class:`~.store.TaskStore`'s interface on Redis + a shared spool directory."""
 
     def __init__(self, cluster: Cluster, spool: Path) -> None:
@@ -350,18 +350,3 @@ class RedisTaskStore:
     def set_meta(self, key: str, value: str) -> None:
         self.r.hset(self._k("meta"), key, value)
 
-    # ------------------------------------------------------------------ spool (shared files)
-
-    def spool_dir(self, task_id: str) -> Path:
-        return self.uploads / task_id
-
-    def partial_path(self, task_id: str) -> Path:
-        return self.spool_dir(task_id) / "data"
-
-    def audio_path(self, task: TaskRow) -> Path:
-        return self.spool_dir(task.task_id) / f"audio.{task.extension}"
-
-    def remove_spool(self, task_id: str) -> None:
-        import shutil
-
-        shutil.rmtree(self.spool_dir(task_id), ignore_errors=True)
