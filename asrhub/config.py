@@ -46,7 +46,12 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    workers: int = 2
+    # Threads that run blocking engine calls. Most of them wait, not compute: concurrent
+    # Whisper decodes meet in the engine's batcher (one batch at a time, finals first), so a
+    # batch can only hold as many sessions as there are workers waiting in it. Measured on 2
+    # cores (bench/results/concurrency.md): 16 tiny.en streams, stop -> final p95 0.65 s with
+    # 8 or 16 workers, 1.13 s with 2.
+    workers: int = 16
     max_pending: int = 64
     busy_timeout: float = 30.0
     # Per-engine limit of calls running at once (0 = as many as workers).

@@ -42,9 +42,9 @@ backlog over the last third of the run is not more than 0.5 s above the first th
 sent right after the last chunk of the sentence (its trailing quiet trimmed), so the final
 always needs a decode after ``stop``: the latency is stop → final, the case of a push-to-talk
 or a client that stops when the speaker does. The next session of that stream opens after the
-1.2 s gap. ``--workers``: executor workers (default: one per stream, at least 2): a stream's
-decode waits in its executor thread, so concurrent decodes can only be batched across as many
-sessions as there are workers.
+1.2 s gap. ``--workers``: executor workers (default: the hub's default, ``[executor] workers``
+= 16): a stream's decode waits in its executor thread, so concurrent decodes can only be
+batched across as many sessions as there are workers.
 
     .venv/bin/python bench/concurrency.py --model tiny.en --streams 6 --out -
     .venv/bin/python bench/concurrency.py --model base --sweep 1,2,4,6 --seconds 30 \
@@ -534,9 +534,9 @@ class RunInfo:
 async def measure(args: argparse.Namespace, counts: list[int], info: RunInfo) -> None:
     if args.gil_switch_ms > 0:
         sys.setswitchinterval(args.gil_switch_ms / 1000)  # what Server.start does
-    workers = args.workers or max(2, max(counts))
+    executor_section = {"workers": args.workers} if args.workers else {}
     hub: Hub = make_hub({"server": {"state_dir": args.state_dir},
-                         "executor": {"workers": workers},
+                         "executor": executor_section,
                          "engines": {"whisper": {"model": args.model, **args.whisper}}})
     executor = hub.make_executor()
     engine = await hub.asr()
@@ -651,9 +651,9 @@ silence between sentences, 0.3 s before the first; stream *i* starts with clip *
 (`make_hub` → `hub.make_executor()` → `engine.open_stream(language="en",
 vad=silero.open_stream())` → `StreamPump`), with a `LoopLagMonitor` on the loop and the server's
 GIL switch interval (1 ms). Whisper settings are the defaults (int8, 2 threads, 1 CTranslate2
-worker, beam 1, partials every 1 s, finals with a window of at least 20 s, partials batched across sessions
-up to 8, finals one at a time) unless the section title names others; executor nice 5 with one worker per stream
-(`--workers`; at least 2) so that every stream's decode can join a batch. Sections titled "stop
+worker, beam 1, partials every 1 s, finals with a window of at least 15 s, partials batched across sessions
+up to 8, finals one at a time) unless the section title names others; the executor is the hub's
+default (16 workers, nice 5) unless the section names `--workers`. Sections titled "stop
 after each sentence" (`--stop-each`) make every sentence its own session, ended by `stop` right
 after its last word: there, *final* is stop → final. The machine is shared with other jobs
 (load average in each section): latencies are noisy, error rates are not.
@@ -688,7 +688,7 @@ repeats).
 - **keeps up**: final p95 ≤ 1.0 s, no utterance missed, backlog of the last third at most 0.5 s
   above the first third's.
 
-Targets: ≥ 6 streams on tiny.en and ≥ 4 on base with final p95 ≤ 1.0 s; loop lag p99 ≤ 10 ms.
+Targets (issue 14): ≥ 16 streams on tiny.en and ≥ 8 on base with stop → final p95 ≤ 1.0 s (`--stop-each`) and the 1-stream WER; loop lag p99 ≤ 10 ms.
 
 """
 
@@ -736,7 +736,7 @@ def main() -> None:
     parser.add_argument("--stop-each", action="store_true",
                         help="a session per sentence, stop right after its last word")
     parser.add_argument("--workers", type=int, default=0,
-                        help="[executor] workers (default: one per stream, at least 2)")
+                        help="[executor] workers (default: the hub's default)")
     parser.add_argument("--whisper", default="",
                         help="extra [engines.whisper] settings, e.g. max_batch=1,adaptive_window=false")
     args = parser.parse_args()

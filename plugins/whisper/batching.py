@@ -13,7 +13,7 @@ model worked on a batch of one), the calls meet in a :class:`DecodeBatcher`:
 - Finals before partials: while any final is waiting, a batch holds only finals.
 - A batch holds requests that the model can run together: the same length of previous-text
   prompt (CTranslate2 wants the start token at the same position in every row) and the same
-  encoder window (windows grow in 5 s steps: most finals share 20 s, most partials 10 s).
+  encoder window (windows grow in 5 s steps: most finals share 15 s, most partials 10 s).
 - Only windows up to ``max_window`` are batched. Measured on 2 CPU cores (tiny.en, 16 decodes
   asked for at once): 10 s windows finished in 1.6 s batched (4-8) against 2.6 s one by one,
   but 20 s windows took 4.3-4.5 s batched (2-3) against 3.2 s one by one: the decoder steps

@@ -17,8 +17,8 @@ Accuracy comes first. The encoder window (audio + at least 3 s of padding, in 5 
 most of the cost of a short decode, and too short a window costs words: at 10 s (the minimum
 before issue 14) Whisper base scored WER 3.9 % on the trustworthy testdata clips against
 3.2 % at 30 s, and wrote a sentence twice on a short clip. Finals and files therefore get at
-least ``final_window_s`` (20 s: the WER of 30 s for base, better than 30 s for tiny.en, about
-half the cost of 30 s; bench/results/accuracy.md). Only partial hypotheses, replaced a second
+least ``final_window_s`` (15 s: the WER of 30 s for base, better than 30 s for tiny.en, about
+a quarter of the encoder cost of 30 s; bench/results/accuracy.md). Only partial hypotheses, replaced a second
 later, use the 10 s minimum. A looping, truncated or sentence-repeating decode is run again
 with 30 s; a sentence Whisper still repeats at 30 s is kept once
 (:func:`~asrhub_plugins.whisper.text.collapse_repeated_sentences`).

@@ -39,10 +39,12 @@ class WhisperSettings:
     adaptive_window: bool = True
     # Finals and files: the encoder window is the audio + >= 3 s, at least this many seconds
     # (10-30). Measured on every trustworthy testdata clip (bench/results/accuracy.md): 15 s
-    # and more gave base the WER of 30 s (3.25 %), tiny.en did better at 20 s than at 30 s
-    # (5.2 % against 6.5 %); 10 s (the window before issue 14) cost base 1.2x and wrote a
-    # sentence twice on a short clip. 20 s costs about half of 30 s. 30 = always Whisper's window.
-    final_window_s: float = 20.0
+    # and more gave base the WER of 30 s (3.25 %), tiny.en did better at 15-20 s than at 30 s
+    # (5.8 % / 5.2 % against 6.5 %); 10 s (the window before issue 14) cost base 1.2x and wrote
+    # a sentence twice on a short clip. The encoder's cost grows faster than the window (base,
+    # one thread: 10 s 0.12 s, 15 s ~0.2 s, 20 s 0.32 s, 30 s 0.83 s): 15 s is what lets 2 cores
+    # hold 8 live base streams (bench/results/concurrency.md). 30 = always Whisper's window.
+    final_window_s: float = 15.0
     # Streaming decodes that several sessions ask for at the same time run as one batched
     # engine call of at most this many utterances (1 = no batching). Batching does not change
     # the text. Batches can only be as large as the executor has workers ([executor] workers).

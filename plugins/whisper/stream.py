@@ -8,7 +8,7 @@ The stream keeps that affordable:
 - A partial result is decoded at most every ``partial_interval`` seconds of new audio (with
   the engine's short adaptive window), and put off (up to 3 intervals) while the model is busy
   with other streams (their finals go first).
-- Finals are decoded with the engine's final window (``final_window_s``, 20 s; partials 10 s):
+- Finals are decoded with the engine's final window (``final_window_s``, 15 s; partials 10 s):
   the accuracy of a file transcript.
 - When the VAD reports ``silence_since`` (the Silero stream does), the utterance is decoded as
   soon as 0.2 s of quiet follows the speech, ahead of the ``end`` event that comes

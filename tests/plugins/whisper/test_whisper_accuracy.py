@@ -70,7 +70,7 @@ def test_the_clip_that_came_back_twice_comes_back_once(base: WhisperEngine, base
     audio = clip(REPEATING)
     text = base.transcribe(audio, language="en").text
     assert text and not has_repeated_sentence(text), text
-    assert base.decode(audio, "en").window == base.final_window(len(audio)) == 2000
+    assert base.decode(audio, "en").window == base.final_window(len(audio)) == 1500
     # A partial (10 s window) repeated the clause: it is decoded again with the full window.
     partial = base.decode(audio, "en", partial=True)
     assert partial.window == FULL_WINDOW and not has_repeated_sentence(partial.text)
@@ -83,7 +83,7 @@ def test_the_clip_that_came_back_twice_comes_back_once(base: WhisperEngine, base
 
 def test_finals_use_the_final_window_and_partials_the_short_one(tiny: WhisperEngine, clip) -> None:
     audio = clip(CLIPS[1])  # 3.3 s
-    assert tiny.decode(audio, "en").window == tiny.final_window(len(audio)) == 2000
+    assert tiny.decode(audio, "en").window == tiny.final_window(len(audio)) == 1500
     assert tiny.transcribe(audio, language="en").segments[0].text == tiny.decode(audio, "en").text
     assert tiny.decode(audio, "en", partial=True).window < FULL_WINDOW
 
@@ -125,7 +125,7 @@ def test_a_batched_engine_call_gives_the_text_of_one_by_one_calls(tiny: WhisperE
 
 @pytest.mark.slow
 def test_concurrent_decodes_are_batched_and_keep_their_text(tmp_path: Path, clip) -> None:
-    # Final windows (20 s) are batched only when allowed (a GPU setting; on CPU they run alone).
+    # Final windows (15 s) are batched only when allowed (a GPU setting; on CPU they run alone).
     engine = WhisperEngine(WhisperSettings(model="tiny.en", batch_gather_ms=200, max_batch=4,
                                            batch_max_window_s=30),
                            state_dir=tmp_path)
@@ -203,7 +203,7 @@ def test_features_are_faster_whispers_exactly(tiny: WhisperEngine, clip, name: s
 
 
 
-@pytest.mark.parametrize(("seconds", "frames"), [(10, 1000), (15, 1500), (30, FULL_WINDOW)])
+@pytest.mark.parametrize(("seconds", "frames"), [(10, 1000), (20, 2000), (30, FULL_WINDOW)])
 def test_the_final_window_is_a_setting(tmp_path: Path, clip, seconds: float, frames: int) -> None:
     engine = WhisperEngine(WhisperSettings(model="tiny.en", final_window_s=seconds),
                            state_dir=tmp_path)
