@@ -44,9 +44,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import structlog
 
+from asrhub.devices import ctranslate2_cuda_devices
 from asrhub.engine import (
     SAMPLE_RATE,
     Audio,
+    EngineError,
     ProgressCallback,
     Segment,
     Transcript,
@@ -56,6 +58,7 @@ from asrhub.engine import (
 )
 from asrhub.text import join_texts
 from asrhub_plugins.whisper.batching import DecodeBatcher, DecodeRequest
+from asrhub_plugins.whisper.device import Placement, check_supported, place
 from asrhub_plugins.whisper.models import resolve_model
 from asrhub_plugins.whisper.settings import WhisperSettings
 from asrhub_plugins.whisper.text import (
@@ -158,16 +161,34 @@ class WhisperEngine:
         settings.validate()
         self.model_name = settings.model
         self.model_path = resolve_model(settings.model, state_dir, settings.cache_dir)
+        self.placement = placement = _placement(settings)
+        self.device = placement.device
         started = time.perf_counter()
-        self._model = WhisperModel(
-            str(self.model_path),  # a Path makes faster-whisper raise TypeError
-            device="cpu",
-            compute_type=settings.compute_type,
-            cpu_threads=settings.cpu_threads,
-            num_workers=settings.num_workers,
-            local_files_only=True,
-        )
+        try:
+            self._model = WhisperModel(
+                str(self.model_path),  # a Path makes faster-whisper raise TypeError
+                device=placement.device.kind,
+                device_index=placement.device.index,
+                compute_type=placement.compute_type,
+                cpu_threads=settings.cpu_threads,
+                num_workers=settings.num_workers,
+                local_files_only=True,
+            )
+            if placement.device.is_cuda:
+                _warm_up_cuda(self._model)
+        except (RuntimeError, ValueError, OSError) as exc:
+            if not placement.device.is_cuda:
+                raise
+            raise EngineError(
+                f"whisper could not load on {placement.device} ({placement.compute_type}): "
+                f"{type(exc).__name__}: {exc}. CTranslate2 on a GPU needs the CUDA 12 cuBLAS "
+                "and cuDNN 9 libraries (plugins/whisper/README.md: GPU)") from exc
         self.load_s = time.perf_counter() - started
+        if placement.device.is_cuda:
+            log.info("whisper_on_gpu", device=str(placement.device),
+                     compute_type=placement.compute_type, max_batch=placement.batching.max_batch,
+                     batch_gather_ms=placement.batching.gather_ms,
+                     batch_max_window_s=placement.batching.max_window_s)
         self._ct2 = self._model.model
         self.multilingual = bool(self._ct2.is_multilingual)
         hf = self._model.hf_tokenizer
@@ -188,10 +209,11 @@ class WhisperEngine:
         self.decodes = 0
         self.decode_seconds = 0.0
         self._eot = self._tokenizer("en").eot
+        batching = placement.batching  # the CPU settings, or their gpu_ twins on a GPU
         self.batcher = DecodeBatcher(
-            self._run_batch, max_batch=settings.max_batch,
-            gather_s=settings.batch_gather_ms / 1000,
-            max_window=int(settings.batch_max_window_s * SAMPLE_RATE / HOP))
+            self._run_batch, max_batch=batching.max_batch,
+            gather_s=batching.gather_ms / 1000,
+            max_window=int(batching.max_window_s * SAMPLE_RATE / HOP))
 
     # ------------------------------------------------------------------ helpers
 
@@ -455,6 +477,27 @@ class WhisperEngine:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._ct2.unload_model()
+
+
+def _placement(settings: WhisperSettings) -> Placement:
+    """Device, compute type and batching (:mod:`.device`), checked against what this
+    CTranslate2 supports there before the model is loaded."""
+    import ctranslate2
+
+    placement = place(settings, ctranslate2_cuda_devices())
+    supported = ctranslate2.get_supported_compute_types(placement.device.kind,
+                                                        placement.device.index)
+    check_supported(placement, supported)
+    return placement
+
+
+def _warm_up_cuda(model) -> None:  # model: faster_whisper.WhisperModel
+    """One encoder pass at load: CTranslate2 loads cuBLAS/cuDNN on first use, so a missing
+    library fails here, at start-up, rather than in the first session."""
+    import ctranslate2
+
+    frames = np.zeros((1, model.feature_extractor.n_mels, MIN_WINDOW), dtype=np.float32)
+    model.model.encode(ctranslate2.StorageView.from_array(frames), to_cpu=True)
 
 
 def _registered_vad() -> VADEngine:

@@ -18,7 +18,11 @@ class WhisperSettings:
     cache_dir: str = ""
     # "auto" detects the language (once per stream); or a code such as "en", "zh".
     language: str = "auto"
-    compute_type: str = "int8"
+    # "auto" = the first CUDA GPU that CTranslate2 finds, else the CPU; "cpu"; "cuda" or
+    # "cuda:N" (an error at load when there is no such GPU). README.md: GPU.
+    device: str = "auto"
+    # "auto" = int8 on the CPU, float16 on a GPU; or a CTranslate2 type (int8_float16...).
+    compute_type: str = "auto"
     cpu_threads: int = 2
     # CTranslate2 workers: decodes that may run at once (each with cpu_threads threads).
     num_workers: int = 1
@@ -56,6 +60,12 @@ class WhisperSettings:
     # run one at a time. On CPU a batch of 20 s windows was slower than one by one (measured:
     # plugins/whisper/batching.py); 10 s windows (partials) batch well. Raise it on a GPU.
     batch_max_window_s: float = 10.0
+    # On a GPU (device resolves to CUDA) these replace the three above: a GPU decodes a
+    # batch for little more than one utterance, 30 s windows included. Not measured here
+    # (no GPU on these machines); [executor] workers must be >= gpu_max_batch.
+    gpu_max_batch: int = 16
+    gpu_batch_gather_ms: float = 25.0
+    gpu_batch_max_window_s: float = 30.0
     # Files: skip non-speech with faster-whisper's Silero filter before decoding.
     vad_filter: bool = False
 
@@ -80,3 +90,6 @@ class WhisperSettings:
             raise ValueError("partial_interval must be >= 0 (0 disables partial results)")
         if not 2.0 <= self.max_utterance_s <= 29.0:
             raise ValueError("max_utterance_s must be between 2 and 29 (Whisper sees 30 s at most)")
+        from asrhub_plugins.whisper.device import check_settings
+
+        check_settings(self)  # device, compute_type, gpu_* batching
