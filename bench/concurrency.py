@@ -285,6 +285,7 @@ class StreamRecord:
 @dataclass
 class UtteranceResult:
     latency: float | None  # None: no final
+    clip: str
     text: str
     wer: float | None
     ref_words: int
@@ -310,6 +311,26 @@ class PhaseResult:
     backlog_last: float
     failures: list[str]
     batches: str = "—"  # mean / largest decodes per engine call (asrhub's batcher)
+    alone: dict[str, str] | None = None  # --stop-each: each clip's final text with 1 stream
+
+    @property
+    def same_as_alone(self) -> str:
+        """How many finals are word for word what the same clip gets with one stream."""
+        if self.alone is None:
+            return "—"
+        scored = [u for u in self.utterances if u.clip in self.alone]
+        same = sum(normalize_english(u.text) == normalize_english(self.alone[u.clip]) for u in scored)
+        return f"{same}/{len(scored)}"
+
+    @property
+    def wer_alone(self) -> float:
+        """The WER the same utterances get with one stream (each clip's text alone)."""
+        if self.alone is None:
+            return float("nan")
+        scored = [u for u in self.utterances if u.clip in self.alone]
+        words = sum(u.ref_words for u in scored)
+        errors = sum(wer(_reference(u.clip), self.alone[u.clip]) * u.ref_words for u in scored)
+        return errors / words if words else float("nan")
 
     @property
     def latencies(self) -> np.ndarray:
@@ -352,6 +373,15 @@ class PhaseResult:
         return not self.shortfalls
 
 
+_REFERENCES: dict[str, str] = {}
+
+
+def _reference(clip: str) -> str:
+    if not _REFERENCES:
+        _REFERENCES.update({name: row["transcript"] for name, row in manifest().items()})
+    return _REFERENCES[clip]
+
+
 def score(record: StreamRecord, phase_start: float) -> tuple[list[UtteranceResult], int]:
     """Match finals to the timeline's utterances (most overlap); latency from the timeline."""
     utterances = record.timeline.utterances
@@ -376,7 +406,7 @@ def score(record: StreamRecord, phase_start: float) -> tuple[list[UtteranceResul
         ref_words = len(normalize_english(utt.reference).split())
         results.append(UtteranceResult(
             latency=max(a for a, _ in finals) - record.wall(utt.end) if finals else None,
-            text=text, wer=wer(utt.reference, text) if finals else None, ref_words=ref_words,
+            clip=utt.clip, text=text, wer=wer(utt.reference, text) if finals else None, ref_words=ref_words,
             spoken_at=record.wall(utt.end) - phase_start))
     return results, extra
 
@@ -567,6 +597,16 @@ async def measure(args: argparse.Namespace, counts: list[int], info: RunInfo) ->
         systems.append(("re-decode baseline", open_baseline_stream))
 
     batcher = getattr(engine, "batcher", None)
+    alone: dict[str, dict[str, str]] = {}
+    if args.stop_each:
+        # Each clip once, one stream, real time: the text every clip gets alone (the 1-stream
+        # WER of the utterances of every N, and whether load or batching changed any text).
+        total = sum(len(c.audio) / SAMPLE_RATE + GAP_S for c in clips)
+        for name, opener in systems:
+            solo = await run_phase(name, executor, opener, [build_timeline(clips, 0, total)], True)
+            alone[name] = {u.clip: u.text for u in solo.utterances if u.latency is not None}
+            print(f"  {name}: each clip alone: WER {solo.wer:.3f}, {len(alone[name])} clips",
+                  flush=True)
     try:
         for count in counts:
             timelines = [build_timeline(clips, i, args.seconds) for i in range(count)]
@@ -575,6 +615,7 @@ async def measure(args: argparse.Namespace, counts: list[int], info: RunInfo) ->
                 if batcher is not None:
                     batcher.stats = type(batcher.stats)()
                 result = await run_phase(name, executor, opener, timelines, args.stop_each)
+                result.alone = alone.get(name)
                 results.append(result)
                 if batcher is not None and name == "asrhub":
                     stats = batcher.stats
@@ -594,7 +635,7 @@ async def measure(args: argparse.Namespace, counts: list[int], info: RunInfo) ->
 
 HEADER = ("| streams | system | utterances | missed | extra finals | final p50 s | final p95 s | final max s "
           "| partials / stream | partial lag p50 / p95 s | decodes / audio s | s / decode | WER "
-          "| loop lag p50 / p99 / max ms | CPU s / audio s | backlog first → last third, max s "
+          "| 1-stream WER, same text | loop lag p50 / p99 / max ms | CPU s / audio s | backlog first → last third, max s "
           "| batch mean / max | keeps up |")
 
 
@@ -606,6 +647,7 @@ def row(r: PhaseResult) -> str:
             f"| {r.final_pct(50):.2f} | {r.final_pct(95):.2f} | {r.final_pct(100):.2f} "
             f"| {r.partials_per_stream:.1f} | {plag} | {r.decodes / r.audio_s:.2f} "
             f"| {r.decode_seconds / max(1, r.decodes):.2f} | {r.wer:.3f} "
+            f"| {r.wer_alone:.3f}, {r.same_as_alone} "
             f"| {lag['p50']:.1f} / {lag['p99']:.1f} / {lag['max']:.1f} | {r.cpu_s / r.audio_s:.3f} "
             f"| {r.backlog_first:.2f} → {r.backlog_last:.2f}, {r.backlog_max:.2f} | {r.batches} "
             f"| {'yes' if r.keeps_up else 'no: ' + ', '.join(r.shortfalls)} |")
@@ -681,6 +723,10 @@ repeats).
   **s / decode**: mean wall time of one decode call, waiting for the (single) CTranslate2 worker
   included.
 - **WER**: `asrhub.testing.wer` of each final against its MANIFEST transcript, weighted by words.
+- **1-stream WER, same text** (`--stop-each`): before the sweep, one stream plays every clip once
+  in real time; each clip's final text alone gives the WER the same utterances have at 1 stream,
+  and *same text* counts the finals that are word for word (normalised) what their clip got alone
+  (load, batching and timing must not change text).
 - **loop lag**: `LoopLagMonitor` (50 ms sleeps) over the phase. **CPU s / audio s**: the process's
   user + system CPU time over the phase / audio seconds of all streams (2 cores = 2 CPU s per s).
 - **backlog**: StreamPump's queued + in-flight audio, the mean over streams sampled every 0.2 s:
