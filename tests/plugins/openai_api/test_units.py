@@ -174,3 +174,18 @@ async def test_models_table_from_config() -> None:
     with pytest.raises(ConfigError, match="no-such-engine"):
         async with running_server(bad):
             pass
+
+
+def _pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def test_g711_decoders_match_the_reference_codec() -> None:
+    import audioop as ref  # deprecated, still in 3.11/3.12: the reference G.711 codec
+
+    pcm = _pcm16(np.sin(np.linspace(0, 200, 8000)).astype(np.float32) * 0.8)
+    for encode, decode in ((ref.lin2ulaw, rm.ulaw_to_float), (ref.lin2alaw, rm.alaw_to_float)):
+        coded = encode(pcm, 2)
+        expected = np.frombuffer(ref.ulaw2lin(coded, 2) if decode is rm.ulaw_to_float
+                                 else ref.alaw2lin(coded, 2), "<i2") / 32768.0
+        assert np.array_equal(decode(coded), expected.astype(np.float32))
