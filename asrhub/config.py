@@ -66,7 +66,7 @@ class EnginesConfig:
     vad: str = "silero"
     speaker: str = "resemblyzer"
     denoise: str = "none"
-    voiceprints: str = "json"
+    voiceprints: str = "sqlite"
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,9 @@ class Voiceprint:
     created_at: float
     audio_seconds: float
     engine: str
+    # Who registered it (a scope a protocol chooses, e.g. a token's name); "" = not recorded.
+    # Stores keep it; the overwrite rules of a protocol may compare it.
+    owner: str = ""
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,14 @@ class EngineMismatch(EngineError):
     """The voiceprint was made by another speaker engine: re-enrol with the current one."""
 
 
+@runtime_checkable
+class SearchableStore(Protocol):
+    """A voiceprint store that answers :func:`closest` itself (e.g. from an in-memory matrix)
+    instead of handing out every voiceprint per query."""
+
+    def closest(self, embedding: Embedding, *, engine: str | None = None) -> Match | None: ...
+
+
 def score(embedding: Embedding, voiceprint: Voiceprint) -> float:
     if voiceprint.embedding.shape != embedding.shape:
         raise EngineMismatch(
@@ -71,6 +79,8 @@ def closest(embedding: Embedding, store: VoiceprintStore | Iterable[Voiceprint],
     """The enrolled speaker most similar to ``embedding`` whatever the score (None when no
     voiceprint of this engine exists): an unknown speaker can still report how close the
     nearest one came."""
+    if isinstance(store, SearchableStore):
+        return store.closest(embedding, engine=engine)
     voiceprints = store.list() if isinstance(store, VoiceprintStore) else store
     best: Match | None = None
     for vp in voiceprints:

@@ -99,6 +99,7 @@ class JsonVoiceprintStore:
                     created_at=float(entry["created_at"]),
                     audio_seconds=float(entry["audio_seconds"]),
                     engine=str(entry["engine"]),
+                    owner=str(entry.get("owner", "")),
                 )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise VoiceprintFileError(f"{self.path}: malformed voiceprint entry: {exc!r}") from exc
@@ -144,6 +145,7 @@ class JsonVoiceprintStore:
                     "created_at": vp.created_at,
                     "audio_seconds": vp.audio_seconds,
                     "embedding": [float(x) for x in vp.embedding],
+                    **({"owner": vp.owner} if vp.owner else {}),
                 }
                 for vp in table.values()
             },
@@ -173,17 +175,17 @@ class JsonVoiceprintStore:
     def list(self) -> Sequence[Voiceprint]:
         with self._lock:
             self._refresh()
-            return [_copy(vp) for vp in sorted(self._speakers.values(), key=lambda v: v.speaker_id)]
+            return [copy_voiceprint(vp) for vp in sorted(self._speakers.values(), key=lambda v: v.speaker_id)]
 
     def get(self, speaker_id: str) -> Voiceprint | None:
         with self._lock:
             self._refresh()
             vp = self._speakers.get(speaker_id)
-            return _copy(vp) if vp is not None else None
+            return copy_voiceprint(vp) if vp is not None else None
 
     def put(self, voiceprint: Voiceprint) -> None:
         """Insert or overwrite (re-enrolment replaces the old voiceprint), atomically."""
-        checked = _validated(voiceprint)
+        checked = validated_voiceprint(voiceprint)
 
         def insert(table: dict[str, Voiceprint]) -> bool:
             table[checked.speaker_id] = checked
@@ -198,14 +200,22 @@ class JsonVoiceprintStore:
         pass  # every change is on disk when put/delete return
 
 
-def _copy(vp: Voiceprint) -> Voiceprint:
+def copy_voiceprint(vp: Voiceprint) -> Voiceprint:
     return Voiceprint(vp.speaker_id, vp.name, vp.embedding.copy(), vp.created_at, vp.audio_seconds,
-                      vp.engine)
+                      vp.engine, vp.owner)
 
 
-def _validated(vp: Voiceprint) -> Voiceprint:
+def validated_voiceprint(vp: Voiceprint) -> Voiceprint:
+    """A copy of ``vp`` fit to store (shared by the "json" and "sqlite" stores); ValueError
+    saying what is wrong."""
     if not isinstance(vp.speaker_id, str) or not vp.speaker_id or len(vp.speaker_id) > MAX_ID_LENGTH:
         raise ValueError(f"speaker id must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    for text in (vp.speaker_id, vp.name, vp.engine, vp.owner):
+        try:
+            str(text).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("speaker id, name, engine and owner must be valid Unicode text "
+                             "(no lone surrogates)") from None
     embedding = np.asarray(vp.embedding, dtype=np.float32)
     if embedding.ndim != 1 or not len(embedding) or not np.all(np.isfinite(embedding)):
         raise ValueError("embedding must be a non-empty 1-D vector of finite numbers")
@@ -213,7 +223,7 @@ def _validated(vp: Voiceprint) -> Voiceprint:
         if not math.isfinite(float(value)):
             raise ValueError("created_at and audio_seconds must be finite")
     return Voiceprint(vp.speaker_id, str(vp.name), embedding.copy(), float(vp.created_at),
-                      float(vp.audio_seconds), str(vp.engine))
+                      float(vp.audio_seconds), str(vp.engine), str(vp.owner))
 
 
 def open_store(settings: JsonStoreSettings, hub: Hub) -> JsonVoiceprintStore:

@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture()
 def config(tmp_path: Path) -> Path:
     cfg = tmp_path / "asrhub.toml"
-    cfg.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n\n'
+    cfg.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n\n[engines]\nvoiceprints = "json"\n\n'
                    f'[engines.json]\npath = "{tmp_path / "voiceprints" / "speakers.json"}"\n')
     return cfg
 
@@ -76,3 +76,20 @@ def test_enrolling_silence_fails_cleanly(config: Path, tmp_path: Path) -> None:
 def test_list_prints_only_the_rows(config: Path) -> None:
     listing = asrhub(config, "list")
     assert listing.returncode == 0 and listing.stdout == ""
+
+
+def test_list_and_delete_on_the_default_sqlite_store(tmp_path: Path) -> None:
+    from asrhub_plugins.speakers.sqlite_store import SqliteVoiceprintStore
+
+    from .test_voiceprint_store import voiceprint
+
+    cfg = tmp_path / "default.toml"
+    cfg.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n')
+    store = SqliteVoiceprintStore(tmp_path / "state" / "voiceprints.sqlite3")
+    store.put(voiceprint("alice", 1, name="爱丽丝"))
+    store.put(voiceprint("bob", 2))
+    assert rows(asrhub(cfg, "list").stdout) == [["alice", "爱丽丝", "4.2s", "resemblyzer"],
+                                              ["bob", "Bob", "4.2s", "resemblyzer"]]
+    done = asrhub(cfg, "delete", "alice")
+    assert done.returncode == 0 and "deleted alice" in done.stdout
+    assert [vp.speaker_id for vp in store.list()] == ["bob"]  # the server's store sees it
