@@ -129,20 +129,31 @@ def cmd_default_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _piece_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 5.0 <= seconds <= 600.0:
+        raise argparse.ArgumentTypeError("must be between 5 and 600")
+    return seconds
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from asrhub.audio import AudioError, decode_file
+    from asrhub.audio import AudioError
     from asrhub.formats import render, wants_word_timestamps
+    from asrhub.pieces import FILE_PIECE_S, PieceReader, transcribe_file
 
     config = _load(args)
     configure_logging("warning" if not args.verbose else "info", "console" if sys.stderr.isatty() else "json")
     hub = _build_hub(config)
+    # Decoded a piece at a time (asrhub.pieces): memory stays O(piece) whatever the length.
+    reader = PieceReader(args.file, args.piece_seconds or FILE_PIECE_S, name=str(args.file))
     try:
-        audio = decode_file(args.file)
+        reader.open()
     except AudioError as exc:
+        reader.close()
         print(f"asrhub: {args.file}: {exc}", file=sys.stderr)
         return 2
     engine = hub.engine_sync("asr", args.engine)
-    seconds = len(audio) / 16000
+    seconds = reader.duration() or 0.0
     bar = None
     if seconds > 30 and sys.stderr.isatty() or args.progress:
         from tqdm import tqdm
@@ -156,14 +167,22 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     with structlog.contextvars.bound_contextvars(task_id=uuid.uuid4().hex[:8], file=str(args.file)):
-        transcript = engine.transcribe(audio, language=args.language, progress=progress,
-                                       word_timestamps=wants_word_timestamps(args.format))
+        try:
+            transcript = transcribe_file(engine, reader, language=args.language, progress=progress,
+                                         word_timestamps=wants_word_timestamps(args.format))
+        except AudioError as exc:  # damage found further into the file
+            print(f"asrhub: {args.file}: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            reader.close()
         elapsed = time.perf_counter() - started
+        seconds = transcript.duration
         if bar is not None:
             bar.close()
         structlog.get_logger("asrhub.transcribe").info(
             "transcribed", audio_s=round(seconds, 2), processing_s=round(elapsed, 3),
-            rtf=round(elapsed / seconds, 4) if seconds else None, engine=engine.name)
+            rtf=round(elapsed / seconds, 4) if seconds else None, engine=engine.name,
+            peak_audio_s=round(reader.peak_samples / 16000, 1))
     sys.stdout.write(render(transcript, args.format))
     hub.unload_engines()
     return 0
@@ -283,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--engine", "-e", help="ASR engine (default: [engines] asr)")
     tr.add_argument("--language", "-l", help="language code (default: the engine's setting)")
     tr.add_argument("--progress", action="store_true", help="always show a progress bar on stderr")
+    tr.add_argument("--piece-seconds", type=_piece_seconds,
+                    help="decode and recognise the file in pieces of at most this many seconds, "
+                         "cut in pauses: memory stays bounded (default: 120)")
     tr.add_argument("--verbose", "-v", action="store_true", help="log a summary line to stderr")
     tr.set_defaults(func=cmd_transcribe)
     ini = sub.add_parser("init", help="write the systemd unit and a commented config "

@@ -613,3 +613,41 @@ class RecordingChannel:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out; sent so far: {self.sent!r}")
             await asyncio.sleep(0.005)
+
+
+# English recordings with human (or grammar-checked) transcripts: a long file is built from them.
+LONG_FILE_CLIPS = (
+    "en/pocketsphinx_librivox_ss01_0870.wav", "en/pocketsphinx_librivox_ss01_0880.wav",
+    "en/pocketsphinx_librivox_ss01_0890.wav", "en/pocketsphinx_librivox_ss01_0920.wav",
+    "en/pocketsphinx_librivox_ss01_0930.wav", "en/pocketsphinx_goforward.wav",
+    "en/speechbrain_example1.wav", "en/speechbrain_spk1_snt1.wav", "en/speechbrain_spk1_snt3.wav",
+)
+
+
+def long_recording(path: Path, seconds: float, *, gap_s: float = 0.8, pause_s: float = 6.0) -> str:
+    """Write a 16 kHz mono WAV of about ``seconds`` (at least one round of the clips): the
+    :data:`LONG_FILE_CLIPS` in turn, ``gap_s`` of silence between clips and ``pause_s`` after
+    each round; written a clip at a time (a 3-hour file never sits in memory). Returns the
+    reference transcript of the whole file."""
+    import numpy as np
+    import soundfile as sf
+
+    refs = manifest()
+    clips = []
+    for name in LONG_FILE_CLIPS:
+        audio, rate = sf.read(str(testdata_dir() / name), dtype="float32", always_2d=False)
+        assert rate == 16000 and audio.ndim == 1, name
+        clips.append((audio, refs[name]["transcript"]))
+    gap, pause = np.zeros(int(gap_s * 16000), np.float32), np.zeros(int(pause_s * 16000), np.float32)
+    words: list[str] = []
+    written = 0
+    with sf.SoundFile(str(path), "w", samplerate=16000, channels=1, subtype="PCM_16") as out:
+        while written < seconds * 16000 or not words:
+            for audio, text in clips:
+                out.write(audio)
+                out.write(gap)
+                written += len(audio) + len(gap)
+                words.append(text)
+            out.write(pause)
+            written += len(pause)
+    return " ".join(words)
