@@ -31,6 +31,7 @@ import ipaddress
 import itertools
 import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -164,19 +165,25 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
 def loads(text: str | bytes, *, max_depth: int = 32) -> Any:
     """Parse a client's JSON: total over any input. NaN/Infinity, integers of more than 40
     digits and nesting deeper than ``max_depth`` are :class:`ValueError`, like malformed JSON."""
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8")  # UnicodeDecodeError is a ValueError
-    depth = 0
-    for ch in text:  # cheap structural pre-check: json recursion is limited by C stack otherwise
-        if ch in "[{":
-            depth += 1
-            if depth > max_depth:
-                raise ValueError(f"JSON nested deeper than {max_depth}")
-        elif ch in "]}":
-            depth -= 1
+    # Structural pre-check (json recursion is limited by the C stack otherwise), walking the
+    # brackets only: a loop over every character held the event loop ~1 s per 10 MB message.
+    if text.count("[") + text.count("{") > max_depth:
+        depth = 0
+        for bracket in _BRACKETS.findall(text):
+            if bracket in "[{":
+                depth += 1
+                if depth > max_depth:
+                    raise ValueError(f"JSON nested deeper than {max_depth}")
+            else:
+                depth -= 1
     try:
         return json.loads(text, parse_constant=_reject_constant, parse_int=_bounded_int)
     except RecursionError:
