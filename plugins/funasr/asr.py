@@ -35,7 +35,7 @@ from asrhub.engine import (
 )
 
 from .results import clean_text, join_text, language_tag, to_transcript
-from .runtime import LoadedModel, load_model, resolve_model
+from .runtime import LoadedModel, check_placement, load_model, place, resolve_model
 
 SAMPLES_PER_LFR_FRAME = 960  # 60 ms: a Paraformer chunk_size unit
 # Longest utterance decoded by the recognition model alone; longer ones (a stream without a
@@ -59,7 +59,11 @@ class FunASRSettings:
     # better text, punctuation; one offline decode per utterance) or the streaming model's text
     # ("streaming", punctuated by punc_model if set).
     stream_final: Literal["offline", "streaming"] = "offline"
+    # "cpu", "cuda", "cuda:N" or "auto" (a GPU when torch finds one). A GPU needs a CUDA
+    # build of torch (this project's machines have a CPU build): README.md, GPU.
     device: str = "cpu"
+    # "auto" = float32 on the CPU, float16 (torch autocast) on a GPU; or "float32", "float16".
+    compute_type: str = "auto"
     ncpu: int = 2
     hub: Literal["ms", "hf"] = "ms"
     chunk_size: list[int] = field(default_factory=lambda: [0, 10, 5])
@@ -82,6 +86,7 @@ class FunASRSettings:
             raise ValueError("ncpu and batch_size_s must be >= 1")
         if self.spk_model and not self.vad_model:
             raise ValueError("spk_model needs vad_model (FunASR labels speakers per VAD segment)")
+        check_placement(self.device, self.compute_type)
 
 
 def _language_option(language: str | None) -> str:
@@ -99,8 +104,10 @@ class FunASREngine:
             name = getattr(settings, setting)
             paths[setting] = resolve_model(name, hub=settings.hub, setting=setting) if name else None
         assert paths["model"] is not None
-        common: dict[str, Any] = {"device": settings.device, "ncpu": settings.ncpu,
-                                  "hub": settings.hub}
+        self.device, half = place(settings.device, settings.compute_type,
+                                  where="[engines.funasr] device")
+        common: dict[str, Any] = {"device": str(self.device), "ncpu": settings.ncpu,
+                                  "hub": settings.hub, "half": half}
         self.offline: LoadedModel = load_model(
             paths["model"], vad_model=paths["vad_model"], punc_model=paths["punc_model"],
             spk_model=paths["spk_model"], **common)

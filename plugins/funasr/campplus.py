@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from asrhub.devices import check_device
 from asrhub.engine import SAMPLE_RATE, Audio, EngineError
 
 DEFAULT_MODEL = "iic/speech_campplus_sv_zh-cn_16k-common"
@@ -29,6 +30,9 @@ class CampPlusSettings:
     # `python -m asrhub_plugins.speakers.calibrate --engine campplus` (any registered speaker engine` once the model is present.
     threshold: float = 0.3
     ncpu: int = 2
+    # "cpu", "cuda", "cuda:N" or "auto" (a GPU when torch finds one): embeddings of many
+    # diarization segments; float32 everywhere.
+    device: str = "cpu"
 
     def validate(self) -> None:
         if not self.model:
@@ -37,6 +41,7 @@ class CampPlusSettings:
             raise ValueError("threshold is a cosine similarity: between -1 and 1")
         if self.ncpu < 1:
             raise ValueError("ncpu must be >= 1")
+        check_device(self.device)
 
 
 def resolve_model(model: str) -> Path:
@@ -51,13 +56,14 @@ class CampPlusEngine:
     name = "campplus"
 
     def __init__(self, settings: CampPlusSettings) -> None:
-        from .runtime import load_model
+        from .runtime import load_model, place
 
         path = resolve_model(settings.model)
         self.model_name = path.name
         self.default_threshold = settings.threshold
         # FunASR imported once, root logging kept, one lock around every call into the model.
-        self._model = load_model(path, device="cpu", ncpu=settings.ncpu)
+        device, _ = place(settings.device, "float32", where="[engines.campplus] device")
+        self._model = load_model(path, device=str(device), ncpu=settings.ncpu)
         self.dim = int(self._embed(np.zeros(SAMPLE_RATE, np.float32)).shape[0])
 
     def _embed(self, audio: Audio) -> npt.NDArray[np.float32]:

@@ -11,6 +11,8 @@
   ``AutoModel.generate`` merges each call's options (the streaming ``cache`` included) into
   the model's shared ``kwargs`` and FSMN-VAD writes per-call state onto the model, so two
   threads must never be inside one AutoModel at once.
+- :func:`place`: the ``device`` and ``compute_type`` settings resolved against what torch
+  finds (:mod:`asrhub.devices`); float16 runs the model under ``torch.autocast`` on a GPU.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from asrhub.devices import Device, check_device, resolve_device, torch_cuda_devices
 from asrhub.engine import EngineError, ModelNotAvailable
 
 log = structlog.get_logger("asrhub.funasr")
@@ -260,13 +263,82 @@ def _complete(path: Path, name: str, setting: str, engine: str) -> Path:
     return path
 
 
-class LoadedModel:
-    """An ``AutoModel`` and the lock every call into it takes."""
+COMPUTE_TYPES = ("auto", "float32", "float16")
 
-    def __init__(self, automodel: Any, path: Path) -> None:
+
+def check_placement(device: str, compute_type: str) -> None:
+    """For ``validate()``: ValueError on a device or compute type that no machine could run."""
+    check_device(device)
+    if compute_type not in COMPUTE_TYPES:
+        raise ValueError(f"compute_type must be one of {', '.join(COMPUTE_TYPES)}, "
+                         f"not {compute_type!r}")
+    if compute_type == "float16" and device.strip().lower() == "cpu":
+        raise ValueError('compute_type "float16" needs a GPU (device = "cuda"); on the CPU '
+                         "FunASR computes in float32")
+
+
+def place(device: str, compute_type: str, *, where: str,
+          cuda_devices: int | None = None) -> tuple[Device, bool]:
+    """The device to load on and whether to compute in float16 (``compute_type`` "auto":
+    float32 on the CPU, float16 on a GPU). ``cuda_devices`` None = what torch finds.
+    Raises :class:`~asrhub.devices.DeviceUnavailable` (FunASR itself would quietly load on
+    the CPU instead)."""
+    found = torch_cuda_devices() if cuda_devices is None else cuda_devices
+    resolved = resolve_device(device, found, library="torch", where=where)
+    half = resolved.is_cuda and compute_type in ("auto", "float16")
+    return resolved, half
+
+
+def _float32(value: Any) -> Any:
+    """``value`` with every float16 tensor in it (tuples and lists too) made float32."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype == torch.float16 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_float32(item) for item in value)
+    return value
+
+
+def encoder_in_half(model: Any) -> None:
+    """Run ``model``'s encoder (``model.encoder``: most of the compute) under
+    ``torch.autocast(float16)`` on its device and hand float32 on to the rest (predictor,
+    decoder, CTC head), which stays float32. Both ``forward`` and the streaming encoder's
+    ``forward_chunk`` are wrapped.
+
+    Why not FunASR's own ``fp16`` option or autocast around the whole call: with FunASR
+    1.4.16 both fail at the first decode, in Paraformer's CIF predictor ("Index put requires
+    the source and destination dtypes match") and in SenseVoice ("mat1 and mat2 must have
+    the same dtype"); tested on the CPU with torch's float16 autocast
+    (tests/plugins/funasr/test_gpu.py)."""
+    import torch
+
+    encoder = model.encoder
+    device_type = next(model.parameters()).device.type
+    for name in ("forward", "forward_chunk"):
+        original = getattr(encoder, name, None)
+        if original is None:
+            continue
+
+        def in_half(*args: Any, _original: Callable[..., Any] = original, **kwargs: Any) -> Any:
+            with torch.autocast(device_type=device_type, dtype=torch.float16):
+                result = _original(*args, **kwargs)
+            return _float32(result)
+
+        setattr(encoder, name, in_half)
+
+
+class LoadedModel:
+    """An ``AutoModel`` and the lock every call into it takes. ``half``: its recognition
+    model's encoder computes in float16 (:func:`encoder_in_half`)."""
+
+    def __init__(self, automodel: Any, path: Path, *, half: bool = False) -> None:
         self.automodel = automodel
         self.path = path
         self.lock = threading.Lock()
+        self.half = half
+        if half:
+            encoder_in_half(automodel.model)
 
     @property
     def model_class(self) -> str:
@@ -331,9 +403,11 @@ class LoadedModel:
         return str(result[0].get("text", text)) if result else text
 
 
-def load_model(path: Path, *, device: str, ncpu: int, hub: str = "ms",
+def load_model(path: Path, *, device: str, ncpu: int, hub: str = "ms", half: bool = False,
                **submodels_and_options: Any) -> LoadedModel:
-    """Build an ``AutoModel`` from local directories only (``disable_update``: no version check)."""
+    """Build an ``AutoModel`` from local directories only (``disable_update``: no version check).
+    ``device``: as resolved by :func:`place` (FunASR would fall back to the CPU quietly);
+    ``half``: float16 autocast (GPU only)."""
     AutoModel = import_funasr()
     started = time.perf_counter()
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in submodels_and_options.items()
@@ -347,7 +421,7 @@ def load_model(path: Path, *, device: str, ncpu: int, hub: str = "ms",
             raise
         except Exception as exc:
             raise EngineError(f"FunASR could not load {path}: {type(exc).__name__}: {exc}") from exc
-    loaded = LoadedModel(automodel, path)
+    loaded = LoadedModel(automodel, path, half=half)
     log.info("funasr_model_loaded", path=str(path), model_class=loaded.model_class,
              load_s=round(time.perf_counter() - started, 3))
     return loaded

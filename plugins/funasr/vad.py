@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from asrhub.devices import check_device
 from asrhub.engine import SAMPLE_RATE, Audio, VADEvent
 
-from .runtime import LoadedModel, load_model, resolve_model
+from .runtime import LoadedModel, load_model, place, resolve_model
 
 SAMPLES_PER_MS = SAMPLE_RATE // 1000
 
@@ -35,6 +36,7 @@ class FsmnVADSettings:
     # Torch threads. One: a chunk costs ~3 ms on one thread, while two threads on a busy
     # two-core machine spin against other work and took 10-500 ms per chunk (measured).
     ncpu: int = 1
+    # "cpu" (the default: a 200 ms chunk costs ~3 ms), "cuda", "cuda:N" or "auto".
     device: str = "cpu"
     hub: Literal["ms", "hf"] = "ms"
 
@@ -47,6 +49,7 @@ class FsmnVADSettings:
             raise ValueError("max_end_silence_time must be between 200 and 10000 ms")
         if self.ncpu < 1:
             raise ValueError("ncpu must be at least 1")
+        check_device(self.device)
 
 
 class FsmnVADEngine:
@@ -58,8 +61,9 @@ class FsmnVADEngine:
         self.model_name = str(path)
         # A fixed max_end_silence_time also turns off FunASR's "dynamic silence" schedule, so
         # regions do not depend on how long speech has lasted.
+        device, _ = place(settings.device, "float32", where="[engines.fsmn] device")
         self._model: LoadedModel | None = load_model(
-            path, device=settings.device, ncpu=settings.ncpu, hub=settings.hub,
+            path, device=str(device), ncpu=settings.ncpu, hub=settings.hub,
             max_end_silence_time=settings.max_end_silence_time)
 
     @property

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from asrhub.devices import check_device, resolve_device, torch_cuda_devices
 from asrhub.engine import SAMPLE_RATE, Audio, EngineError
 
 # Cosine threshold at the equal-error rate on the labelled clips of shared/testdata
@@ -26,11 +27,13 @@ MIN_SPEECH_SECONDS = 0.5
 @dataclass(frozen=True)
 class ResemblyzerSettings:
     threshold: float = CALIBRATED_THRESHOLD  # cosine score at or above which a speaker matches
+    # "cpu", "cuda", "cuda:N" or "auto" (a GPU when torch finds one).
     device: str = "cpu"
 
     def validate(self) -> None:
         if not -1.0 <= self.threshold <= 1.0:
             raise ValueError("threshold is a cosine similarity: between -1 and 1")
+        check_device(self.device)
 
 
 class ResemblyzerEngine:
@@ -48,7 +51,9 @@ class ResemblyzerEngine:
             raise EngineError(f"speaker engine resemblyzer needs `pip install resemblyzer "
                               f"'setuptools<81'`: {exc}") from exc
         self._preprocess = preprocess_wav
-        self._encoder = VoiceEncoder(device=settings.device, verbose=False)
+        device = resolve_device(settings.device, torch_cuda_devices(), library="torch",
+                                where="[engines.resemblyzer] device")
+        self._encoder = VoiceEncoder(device=str(device), verbose=False)
         self.default_threshold = settings.threshold
         self._lock = threading.Lock()  # one forward pass at a time on the shared torch module
         self._warm_up()
