@@ -182,7 +182,7 @@ class WhisperEngine:
             raise EngineError(
                 f"whisper could not load on {placement.device} ({placement.compute_type}): "
                 f"{type(exc).__name__}: {exc}. CTranslate2 on a GPU needs the CUDA 12 cuBLAS "
-                "and cuDNN 9 libraries (plugins/whisper/README.md: GPU)") from exc
+                "(libcublas.so.12) library (plugins/whisper/README.md: GPU)") from exc
         self.load_s = time.perf_counter() - started
         if placement.device.is_cuda:
             log.info("whisper_on_gpu", device=str(placement.device),
@@ -492,7 +492,7 @@ def _placement(settings: WhisperSettings) -> Placement:
 
 
 def _warm_up_cuda(model) -> None:  # model: faster_whisper.WhisperModel
-    """One encoder pass at load: CTranslate2 loads cuBLAS/cuDNN on first use, so a missing
+    """One encoder pass at load: CTranslate2 loads cuBLAS on first use, so a missing
     library fails here, at start-up, rather than in the first session."""
     import ctranslate2
 
