@@ -80,63 +80,64 @@ class VoiceprintDatabaseError(EngineError):
 
 
 class _Index:
-    """Every voiceprint in memory, and per embedding size a matrix of unit-length rows."""
+    """Every voiceprint in memory, and per (embedding size, engine) a matrix of unit-length rows
+    (a voiceprint is only ever compared within its own engine's embedding space)."""
 
     def __init__(self) -> None:
         self.voiceprints: dict[str, Voiceprint] = {}
-        self._ids: dict[int, list[str]] = {}  # per dim: row order of the matrix
-        self._engines: dict[int, list[str]] = {}
-        self._rows: dict[int, npt.NDArray[np.float32]] = {}
+        self._ids: dict[tuple[int, str], list[str]] = {}  # row order of each matrix
+        self._rows: dict[tuple[int, str], npt.NDArray[np.float32]] = {}
+
+    @staticmethod
+    def _group(vp: Voiceprint) -> tuple[int, str]:
+        return vp.embedding.shape[0], vp.engine
 
     def replace_all(self, voiceprints: Sequence[Voiceprint]) -> None:
-        self.voiceprints, self._ids, self._engines, self._rows = {}, {}, {}, {}
-        by_dim: dict[int, list[Voiceprint]] = {}
+        self.voiceprints, self._ids, self._rows = {}, {}, {}
+        groups: dict[tuple[int, str], list[Voiceprint]] = {}
         for vp in voiceprints:
             self.voiceprints[vp.speaker_id] = vp
-            by_dim.setdefault(vp.embedding.shape[0], []).append(vp)
-        for dim, group in by_dim.items():
-            self._ids[dim] = [vp.speaker_id for vp in group]
-            self._engines[dim] = [vp.engine for vp in group]
-            self._rows[dim] = np.stack([_unit(vp.embedding) for vp in group])
+            groups.setdefault(self._group(vp), []).append(vp)
+        for key, group in groups.items():
+            self._ids[key] = [vp.speaker_id for vp in group]
+            self._rows[key] = np.stack([_unit(vp.embedding) for vp in group])
 
     def put(self, vp: Voiceprint) -> None:
         self.remove(vp.speaker_id)
         self.voiceprints[vp.speaker_id] = vp
-        dim = vp.embedding.shape[0]
-        row = _unit(vp.embedding)[None, :]
-        self._ids.setdefault(dim, []).append(vp.speaker_id)
-        self._engines.setdefault(dim, []).append(vp.engine)
-        self._rows[dim] = np.concatenate([self._rows[dim], row]) if dim in self._rows else row
+        key, row = self._group(vp), _unit(vp.embedding)[None, :]
+        self._ids.setdefault(key, []).append(vp.speaker_id)
+        self._rows[key] = np.concatenate([self._rows[key], row]) if key in self._rows else row
 
     def remove(self, speaker_id: str) -> bool:
         old = self.voiceprints.pop(speaker_id, None)
         if old is None:
             return False
-        dim = old.embedding.shape[0]
-        at = self._ids[dim].index(speaker_id)
-        del self._ids[dim][at], self._engines[dim][at]
-        if self._ids[dim]:
-            self._rows[dim] = np.delete(self._rows[dim], at, axis=0)
+        key = self._group(old)
+        at = self._ids[key].index(speaker_id)
+        del self._ids[key][at]
+        if self._ids[key]:
+            self._rows[key] = np.delete(self._rows[key], at, axis=0)
         else:
-            del self._ids[dim], self._engines[dim], self._rows[dim]
+            del self._ids[key], self._rows[key]
         return True
 
     def closest(self, embedding: npt.NDArray[np.float32], engine: str | None) -> Match | None:
         """As :func:`asrhub.speakers.closest`: the highest cosine among voiceprints of the same
         size (and engine), ties to the smallest id."""
         query = np.asarray(embedding, dtype=np.float32)
-        dim = query.shape[0] if query.ndim == 1 else -1
-        if dim not in self._rows:
+        if query.ndim != 1:
             return None
-        scores = self._rows[dim] @ _unit(query)
-        ids = self._ids[dim]
-        candidates = range(len(ids)) if engine is None else \
-            [i for i, name in enumerate(self._engines[dim]) if name == engine]
+        unit = _unit(query)
         best: tuple[float, str] | None = None
-        for i in candidates:
-            value = float(scores[i])
-            if best is None or value > best[0] or (value == best[0] and ids[i] < best[1]):
-                best = (value, ids[i])
+        for (dim, name), rows in self._rows.items():
+            if dim != query.shape[0] or (engine is not None and name != engine):
+                continue
+            scores = rows @ unit
+            top = float(scores.max())
+            speaker_id = min(self._ids[(dim, name)][i] for i in np.flatnonzero(scores == top))
+            if best is None or top > best[0] or (top == best[0] and speaker_id < best[1]):
+                best = (top, speaker_id)
         if best is None:
             return None
         return Match(best[1], self.voiceprints[best[1]].name, best[0])
