@@ -26,19 +26,12 @@ from asrhub_plugins.whisper.device import Batching, check_supported, place
 from asrhub_plugins.whisper.engine import WhisperEngine
 from asrhub_plugins.whisper.settings import WhisperSettings
 
+from .test_whisper_accuracy import CLIPS  # trustworthy English recordings
+
 CUDA_DEVICES = ctranslate2_cuda_devices()
 needs_gpu = pytest.mark.skipif(CUDA_DEVICES == 0, reason="CTranslate2 finds no CUDA device here")
 needs_no_gpu = pytest.mark.skipif(CUDA_DEVICES > 0, reason="this machine has a CUDA device")
 
-# Trustworthy English recordings (human transcripts: shared/testdata/NOTES.tsv).
-CLIPS = [
-    "en/pocketsphinx_librivox_ss01_0870.wav",
-    "en/speechbrain_example1.wav",
-    "en/pocketsphinx_librivox_ss01_0880.wav",
-    "en/speechbrain_spk1_snt1.wav",
-    "en/pocketsphinx_librivox_ss01_0890.wav",
-    "en/pocketsphinx_cards_005.wav",
-]
 CPU_BATCHING = Batching(max_batch=8, gather_ms=10.0, max_window_s=10.0)
 GPU_BATCHING = Batching(max_batch=16, gather_ms=25.0, max_window_s=30.0)
 
