@@ -58,7 +58,8 @@ class WhisperSettings:
     batch_gather_ms: float = 10.0
     # Only decodes whose encoder window is at most this long are batched (seconds); longer ones
     # run one at a time. On CPU a batch of 20 s windows was slower than one by one (measured:
-    # plugins/whisper/batching.py); 10 s windows (partials) batch well. Raise it on a GPU.
+    # plugins/whisper/batching.py); 10 s windows (partials) batch well. On a GPU,
+    # gpu_batch_max_window_s applies instead.
     batch_max_window_s: float = 10.0
     # On a GPU (device resolves to CUDA) these replace the three above: a GPU decodes a
     # batch for little more than one utterance, 30 s windows included. Not measured here
