@@ -30,8 +30,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from asrhub.heap import return_large_blocks
     from asrhub.server import PortInUse, run_forever
 
+    return_large_blocks()  # long files through worker threads: memory stays bounded
     config = _load(args)
     configure_logging(config.server.log_level, config.server.log_format)
     hub = _build_hub(config)
@@ -139,8 +141,10 @@ def _piece_seconds(value: str) -> float:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asrhub.audio import AudioError
     from asrhub.formats import render, wants_word_timestamps
+    from asrhub.heap import return_large_blocks
     from asrhub.pieces import FILE_PIECE_S, PieceReader, transcribe_file
 
+    return_large_blocks()
     config = _load(args)
     configure_logging("warning" if not args.verbose else "info", "console" if sys.stderr.isatty() else "json")
     hub = _build_hub(config)

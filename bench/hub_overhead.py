@@ -6,8 +6,9 @@ The same files through:
   (a) bare     faster-whisper directly (WhisperModel + decode_audio) with the hub engine's
                settings passed by hand (int8, 2 threads, beam 1, no VAD filter, not conditioned
                on previous text, language given);
-  (b) hub      what ``asrhub transcribe`` does: ``asrhub.audio.decode_file`` + the hub's shared
-               Whisper engine (``hub.engine_sync("asr").transcribe``);
+  (b) hub      what ``asrhub transcribe`` does: the file decoded and recognised in pieces by
+               ``asrhub.pieces`` (``PieceReader`` + ``transcribe_file`` on the hub's shared
+               Whisper engine; decoding is interleaved, so it counts in the ASR time);
   (c) 8767     the file-transcription protocol end to end on a real server on loopback: upload,
                hash, probe, queue, decode, Silero VAD, speaker embeddings + clustering, Whisper
                per piece, result — timed at the client from ``upload_request`` to
@@ -145,7 +146,6 @@ def load_bare(model: str) -> tuple[float, Once]:
 
 
 def load_hub(model: str) -> tuple[float, Once, Any]:
-    from asrhub.audio import decode_file
     from asrhub.config import parse_config
     from asrhub.hub import Hub
     from asrhub.plugins import make_plugin_manager
@@ -157,12 +157,12 @@ def load_hub(model: str) -> tuple[float, Once, Any]:
     load_s = time.perf_counter() - started
 
     def once(file: dict) -> tuple[float, float, str]:
+        from asrhub.pieces import FILE_PIECE_S, PieceReader, transcribe_file
+
         t0 = time.perf_counter()
-        audio = decode_file(file["path"])
-        t1 = time.perf_counter()
-        transcript = engine.transcribe(audio, language=None, progress=lambda f: None,
-                                       word_timestamps=False)
-        return t1 - t0, time.perf_counter() - t1, transcript.text
+        with PieceReader(file["path"], FILE_PIECE_S) as reader:
+            transcript = transcribe_file(engine, reader, language=None, word_timestamps=False)
+        return 0.0, time.perf_counter() - t0, transcript.text
 
     return load_s, once, engine
 

@@ -155,6 +155,7 @@ class AudioService:
             body, content_type = m.render(req, transcript)
             log.info("openai_request", task=task, model=req.model, format=req.response_format,
                      audio_s=round(transcript.duration, 2),
+                     peak_audio_s=round(reader.peak_samples / SAMPLE_RATE, 1),
                      processing_s=round(time.perf_counter() - started, 3))
             return web.Response(text=body, content_type=content_type, charset="utf-8")
         except ProtocolError as err:
