@@ -38,7 +38,12 @@ import structlog
 
 from asrhub.engine import EngineError, Voiceprint
 from asrhub.speakers import Match
-from asrhub_plugins.speakers.store import JsonVoiceprintStore, copy_voiceprint, validated_voiceprint
+from asrhub_plugins.speakers.store import (
+    JsonVoiceprintStore,
+    VoiceprintFileError,
+    copy_voiceprint,
+    validated_voiceprint,
+)
 
 if TYPE_CHECKING:
     from asrhub.hub import Hub
@@ -199,10 +204,11 @@ class SqliteVoiceprintStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # also when COMMIT itself failed: never leave one open
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def _create_or_check(self, json_path: Path | None) -> tuple[Path, int] | None:
         """Create the schema (and import the JSON store's file) in one transaction, or check the
@@ -226,7 +232,12 @@ class SqliteVoiceprintStore:
             if json_path is not None and json_path.exists():
                 voiceprints = JsonVoiceprintStore(json_path).list()
                 for vp in voiceprints:
-                    self._write_row(db, vp, now)
+                    try:
+                        checked = validated_voiceprint(vp)
+                    except ValueError as exc:
+                        raise VoiceprintFileError(f"{json_path}: voiceprint {vp.speaker_id!r} cannot be "
+                                                  f"imported: {exc}") from None
+                    self._write_row(db, checked, now)
                 db.execute("INSERT INTO meta VALUES ('imported_json', ?)", (str(json_path),))
                 imported = (json_path, len(voiceprints))
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

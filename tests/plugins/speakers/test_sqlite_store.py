@@ -142,6 +142,12 @@ def test_a_failed_import_creates_nothing_and_is_retried(tmp_path: Path) -> None:
         SqliteVoiceprintStore(path, import_json=source)
     with contextlib.closing(sqlite3.connect(path)) as db:  # the schema transaction rolled back
         assert db.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+    legacy_json(source.with_name("good.json"), 2)
+    data = json.loads(source.with_name("good.json").read_text())
+    data["speakers"]["legacy-1"]["embedding"][0] = None  # not a number: refused, nothing imported
+    source.write_text(json.dumps(data))
+    with pytest.raises(VoiceprintFileError, match="'legacy-1' cannot be imported"):
+        SqliteVoiceprintStore(path, import_json=source)
     source.unlink()
     legacy_json(source, 2)
     assert len(SqliteVoiceprintStore(path, import_json=source).list()) == 2
