@@ -9,7 +9,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.asrhub-installed
 
-.PHONY: install serve test test-fast test-models lint system-deps clean example-config
+.PHONY: install serve test test-fast test-models lint system-deps clean example-config bench-peers
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,3 +61,8 @@ clean:
 example-config: install
 	{ sed -n '1,/^$$/p' systemd/asrhub.toml; $(VENV)/bin/asrhub default-config | sed '1,3d'; } > systemd/asrhub.toml.new
 	mv systemd/asrhub.toml.new systemd/asrhub.toml
+
+# The peers bench/whisperlive.py compares asrhub with (WhisperLive 0.10.0), each in its own
+# virtualenv under bench/_work/ (git-ignored); idempotent.
+bench-peers: install
+	$(PY) bench/peers.py
