@@ -14,9 +14,10 @@ and transcribes it through:
   whole     (files of at most 30 min only, ``--whole``) the pre-issue-14 path for comparison:
             ``decode_file`` + ``engine.transcribe`` on the whole array in one process
 
-Idle RSS: the same process after model load and a 5 s warm-up file through the same path (so
-lazily loaded engines, VAD and speaker model included, are in it); for the CLI, the peak RSS
-of ``asrhub transcribe`` on that 5 s file. Peak: the most VmRSS sampled every 0.1 s while the
+Idle RSS: the same process after model load and a warm-up file through the same path (one
+round of the clips, 43 s: so lazily loaded engines, VAD and speaker model included, and
+faster-whisper's path for audio over 20 s have each run once; the first call of that path alone
+adds ~65 MB); for the CLI, the peak RSS of ``asrhub transcribe`` on that warm-up file. Peak: the most VmRSS sampled every 0.1 s while the
 long file is processed (the CLI: its ru_maxrss). Target: peak/idle <= 1.5. Also wall time,
 RTF and WER against the reference. Prints the table and writes bench/results/long_file.md.
 
@@ -46,12 +47,11 @@ from typing import Any
 # Run as a script, bench/ is sys.path[0] and bench/wyoming.py would shadow the wyoming package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from asrhub.testing import free_port, long_recording, testdata_dir, wer  # noqa: E402
+from asrhub.testing import free_port, long_recording, wer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "_work"
 ASRHUB = str(Path(sys.executable).parent / "asrhub")
-WARMUP = "en/pocketsphinx_librivox_ss01_0870.wav"
 
 
 def vm(pid: int, key: str = "VmRSS") -> float:
@@ -82,6 +82,14 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def warmup() -> Path:
+    path = WORK / "warmup.wav"
+    if not path.exists():
+        WORK.mkdir(parents=True, exist_ok=True)
+        long_recording(path, 1)  # one round of the clips
+    return path
 
 
 def build(minutes: float) -> tuple[Path, str]:
@@ -131,10 +139,10 @@ def run_cli(model: str, path: Path, state: Path) -> dict[str, Any]:
                 raise RuntimeError(f"asrhub transcribe failed: {err.read()[-2000:]}")
             return usage.ru_maxrss / 1024, wall, out.read()
 
-    idle, _, _ = once(testdata_dir() / WARMUP)
+    idle, _, _ = once(warmup())
     peak, wall, text = once(path)
     return {"idle": idle, "peak": peak, "wall": wall, "text": text,
-            "note": "idle = peak RSS of the same command on a 5 s file"}
+            "note": "idle = peak RSS of the same command on the 43 s warm-up file"}
 
 
 def run_whole(model: str, path: Path, state: Path) -> dict[str, Any]:
@@ -144,7 +152,7 @@ from asrhub.testing import make_hub
 from asrhub.audio import decode_file
 hub = make_hub({{"server": {{"state_dir": {str(state)!r}}}, "engines": {{"whisper": {{"model": {model!r}}}}}}}, only=[])
 engine = hub.engine_sync("asr")
-engine.transcribe(decode_file({str(testdata_dir() / WARMUP)!r}))
+engine.transcribe(decode_file({str(warmup())!r}))
 idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t = time.perf_counter()
 text = engine.transcribe(decode_file({str(path)!r})).text
@@ -154,7 +162,7 @@ print(json.dumps({{"idle": idle, "peak": resource.getrusage(resource.RUSAGE_SELF
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["note"] = "idle = ru_maxrss after model load + 5 s file (in process)"
+    result["note"] = "idle = ru_maxrss after model load + the warm-up file (in process)"
     return result
 
 
@@ -206,7 +214,7 @@ def run_8767(model: str, path: Path, state: Path) -> dict[str, Any]:
         return str(result["text"])
 
     with server(model, "file_transcription", state) as (proc, port):
-        asyncio.run(transcribe(port, testdata_dir() / WARMUP))
+        asyncio.run(transcribe(port, warmup()))
         idle = vm(proc.pid)
         started = time.perf_counter()
         with Sampler(proc.pid) as sampler:
@@ -214,7 +222,7 @@ def run_8767(model: str, path: Path, state: Path) -> dict[str, Any]:
         wall = time.perf_counter() - started
         return {"idle": idle, "peak": sampler.peak, "wall": wall, "text": text,
                 "hwm": vm(proc.pid, "VmHWM"),
-                "note": "idle = VmRSS after preload + a 5 s task; includes the upload (chunked, spooled)"}
+                "note": "idle = VmRSS after preload + the warm-up task; includes the upload (chunked, spooled)"}
 
 
 def run_openai(model: str, path: Path, state: Path) -> dict[str, Any]:
@@ -228,7 +236,7 @@ def run_openai(model: str, path: Path, state: Path) -> dict[str, Any]:
             with file.open("rb") as fh:
                 return client.audio.transcriptions.create(model="whisper-1", file=fh).text
 
-        transcribe(testdata_dir() / WARMUP)
+        transcribe(warmup())
         idle = vm(proc.pid)
         started = time.perf_counter()
         with Sampler(proc.pid) as sampler:
@@ -236,7 +244,7 @@ def run_openai(model: str, path: Path, state: Path) -> dict[str, Any]:
         wall = time.perf_counter() - started
         return {"idle": idle, "peak": sampler.peak, "wall": wall, "text": text,
                 "hwm": vm(proc.pid, "VmHWM"),
-                "note": "idle = VmRSS after preload + a 5 s request; includes the upload (spooled)"}
+                "note": "idle = VmRSS after preload + the warm-up request; includes the upload (spooled)"}
 
 
 PATHS = {"cli": run_cli, "8767": run_8767, "openai": run_openai, "whole": run_whole}
