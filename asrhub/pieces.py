@@ -43,7 +43,9 @@ BLOCK_FRAMES = 16384  # frames per soundfile read (~0.4-1 s)
 # `asrhub transcribe`'s pieces. Measured with tiny.en on a 347 s file (bench/long_file.py's
 # recordings): whole file WER 2.6 %, peak RSS +233 MB over idle; 120 s pieces 3.1 %, +81 MB;
 # 30 s pieces 3.9 %, +30 MB and 1.4x the time (faster-whisper decodes each piece's tail as a
-# window of its own). Fewer piece edges means fewer places where Whisper's seek differs.
+# window of its own). Fewer piece edges means fewer places where Whisper's seek differs, and
+# fewer short last windows encoded as full 30 s ones (about one per piece: up to ~20 % more
+# encoder work at 120 s; bench/results/long_file.md).
 FILE_PIECE_S = 120.0
 SILENCE_PEAK = 1e-3  # -60 dBFS: a piece this quiet is not sent to the engine
 
