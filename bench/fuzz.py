@@ -770,7 +770,7 @@ def main() -> None:
     parser.add_argument("--targets", nargs="*", default=TARGETS, choices=TARGETS)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuzz.md"))
     args = parser.parse_args()
-    command = "bench/fuzz.py " + " ".join(sys.argv[1:])
+    command = " ".join(["bench/fuzz.py", *sys.argv[1:]])
     load_start = load_avg()
     print(f"generating Hypothesis pools ({args.pool} per protocol) ...", flush=True)
     pools = {t: hypothesis_pool(t, args.pool, args.seed + i) for i, t in enumerate(args.targets)}
@@ -871,7 +871,8 @@ def render(args, command, load_start, load_end, result, scan, alive, exit_code, 
     lines += ["## Healthy concurrent session (streaming_stt, real-time pace, "
               f"`{CLIP}`)", "", "| round | WER | seconds |", "|---|---|---|"]
     for i, r in enumerate(rounds, 1):
-        lines.append(f"| {i} | {r['wer']:.3f} | {r['seconds']:.1f} |")
+        failure = f" ({r['text'][:80]})" if r["wer"] != r["wer"] else ""
+        lines.append(f"| {i} | {r['wer']:.3f}{failure} | {r['seconds']:.1f} |")
     if rounds:
         lines += ["", f"Last transcript: “{rounds[-1]['text']}”"]
     lines += ["", "## Conclusion", "", "Held:", "", *[f"- {h}" for h in held], ""]

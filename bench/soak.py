@@ -15,8 +15,8 @@ state_dir; bench/_server.py). ``--connections`` (default 200) client connections
   WebSocket heartbeats answered by the client library, plus the protocol's own keepalive
   where it has one (vad_stream ``ping``, Wyoming ``describe``, a PTT ``reset`` before its
   idle timeout); session_broadcast receivers listen to the sessions the workers send to and
-  rejoin when a sender's session ends (the protocol closes its receivers then, after a
-  ``closed`` message). Any other drop is an unexpected failure (counted, reopened).
+  rejoin when a sender's session ends (the protocol then closes its receivers with 1000,
+  "session closed"). Any other drop is an unexpected failure (counted, reopened).
 
 Listener limits: 64 connections per listener (PTT 20), 127.0.0.1 exempt from the per-peer
 limit; the spread keeps every listener under its limit at the default 200 (printed).
@@ -108,7 +108,7 @@ async def idle_ws(name: str, port: int, path: str, tally: Tally, stop: asyncio.E
                 await wait(stop, 5)
                 continue
 
-            ended = False  # session_broadcast: the session ended (the server then closes)
+            ended = False  # the session ended: the server then closes its clients
 
             async def read(ws: aiohttp.ClientWebSocketResponse = ws) -> None:
                 nonlocal ended
@@ -135,7 +135,7 @@ async def idle_ws(name: str, port: int, path: str, tally: Tally, stop: asyncio.E
                         break
                 await asyncio.wait([reader, stopped], timeout=every, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
-            if ended:
+            if ended or (name == "session_broadcast" and ws.close_code == 1000):
                 tally.rejoins += 1
             elif not stop.is_set():
                 tally.idle_drops[name] += 1
@@ -428,7 +428,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.active < args.connections:
         parser.error("--active must be between 1 and --connections - 1")
-    command = "bench/soak.py " + " ".join(sys.argv[1:])
+    command = " ".join(["bench/soak.py", *sys.argv[1:]])
     load_start = load_avg()
     server = AsrhubServer(model=args.model)
     server.start()
