@@ -424,3 +424,59 @@ class SegmentPump:
         if self.transform is not None:
             pcm = self.transform(pcm)
         return segmenter.accept(pcm)
+
+
+# ---------------------------------------------------------------------- file pieces
+
+@dataclass(frozen=True)
+class Piece:
+    start: int  # samples
+    end: int
+    speaker: int | None = None
+
+
+# Whisper decoding one piece without timestamps tends to stop at a long pause inside it and drop
+# the speech after it (measured on a 4-minute file with 6 s pauses, tiny.en, OpenAI API json
+# path: WER 8.2 % when regions were merged across any pause, 2.4 % with pauses up to 1 s).
+MAX_PAUSE_S = 1.0
+
+
+def plan_pieces(regions: list[tuple[int, int]], total: int, *, max_len: int,
+                speakers: list[int] | None = None, pad: int = int(0.2 * SAMPLE_RATE),
+                split: Callable[[int, int], int] | None = None,
+                max_pause: int | None = int(MAX_PAUSE_S * SAMPLE_RATE)) -> list[Piece]:
+    """Merge consecutive speech regions (padded) into pieces of at most ``max_len`` samples,
+    never across a change of speaker nor a pause (after padding) longer than ``max_pause``. A region longer than ``max_len`` is cut where
+    ``split(lo, hi)`` says (a sample in [lo, hi], the last third of the allowed length), or
+    hard at ``max_len``. Silence between pieces is skipped."""
+    pieces: list[Piece] = []
+    current: list[int] | None = None  # start, end, speaker (-1: unknown)
+    order = sorted(range(len(regions)), key=lambda i: regions[i])
+    for i in order:
+        start, end = regions[i]
+        label = speakers[i] if speakers is not None else -1
+        start, end = max(0, start - pad), min(total, end + pad)
+        if current is not None:
+            start = max(start, current[1] if label != current[2] else current[0])
+        if end <= start:
+            continue
+        if (current is not None and label == current[2] and end - current[0] <= max_len
+                and (max_pause is None or start - current[1] <= max_pause)):
+            current[1] = max(current[1], end)
+            continue
+        if current is not None:
+            pieces.append(_piece(current))
+        while end - start > max_len:
+            cut = start + max_len
+            if split is not None:
+                cut = min(max(split(start + max_len * 2 // 3, cut), start + 1), cut)
+            pieces.append(_piece([start, cut, label]))
+            start = cut
+        current = [start, end, label]
+    if current is not None and current[1] > current[0]:
+        pieces.append(_piece(current))
+    return pieces
+
+
+def _piece(values: list[int]) -> Piece:
+    return Piece(values[0], values[1], values[2] if values[2] >= 0 else None)

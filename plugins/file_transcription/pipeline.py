@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from asrhub.engine import SAMPLE_RATE, Audio, Segment, Transcript, Word
 from asrhub.executor import ExecutorBusy, ExecutorClosed, Priority
 from asrhub.formats import to_srt
 from asrhub.pieces import PieceReader, shift_segment
-from asrhub.segmenter import quietest_point
+from asrhub.segmenter import Piece, plan_pieces, quietest_point
 from asrhub.text import join_texts
 
 log = structlog.get_logger("asrhub.file_transcription")
@@ -42,52 +41,6 @@ DIARIZE_END = 15.0
 BLOCK_S = 120.0
 
 Report = Callable[[float, str], None]  # (overall percent, stage message), called on the loop
-
-
-@dataclass(frozen=True)
-class Piece:
-    start: int  # samples
-    end: int
-    speaker: int | None = None
-
-
-def plan_pieces(regions: list[tuple[int, int]], total: int, *, max_len: int,
-                speakers: list[int] | None = None, pad: int = int(0.2 * SAMPLE_RATE),
-                split: Callable[[int, int], int] | None = None) -> list[Piece]:
-    """Merge consecutive speech regions (padded) into pieces of at most ``max_len`` samples,
-    never across a change of speaker. A region longer than ``max_len`` is cut where
-    ``split(lo, hi)`` says (a sample in [lo, hi], the last third of the allowed length), or
-    hard at ``max_len``. Silence between pieces is skipped."""
-    pieces: list[Piece] = []
-    current: list[int] | None = None  # start, end, speaker (-1: unknown)
-    order = sorted(range(len(regions)), key=lambda i: regions[i])
-    for i in order:
-        start, end = regions[i]
-        label = speakers[i] if speakers is not None else -1
-        start, end = max(0, start - pad), min(total, end + pad)
-        if current is not None:
-            start = max(start, current[1] if label != current[2] else current[0])
-        if end <= start:
-            continue
-        if current is not None and label == current[2] and end - current[0] <= max_len:
-            current[1] = max(current[1], end)
-            continue
-        if current is not None:
-            pieces.append(_piece(current))
-        while end - start > max_len:
-            cut = start + max_len
-            if split is not None:
-                cut = min(max(split(start + max_len * 2 // 3, cut), start + 1), cut)
-            pieces.append(_piece([start, cut, label]))
-            start = cut
-        current = [start, end, label]
-    if current is not None and current[1] > current[0]:
-        pieces.append(_piece(current))
-    return pieces
-
-
-def _piece(values: list[int]) -> Piece:
-    return Piece(values[0], values[1], values[2] if values[2] >= 0 else None)
 
 
 def fixed_pieces(total: int, max_len: int) -> list[Piece]:

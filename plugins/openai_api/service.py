@@ -31,6 +31,7 @@ from asrhub.engine import SAMPLE_RATE, EngineError, Segment, Transcript, Word
 from asrhub.executor import ExecutorBusy, ExecutorClosed, Priority
 from asrhub.formats import wants_word_timestamps
 from asrhub.protocol import ProtocolError
+from asrhub.segmenter import plan_pieces
 from asrhub.text import join_texts
 
 from . import messages as m
@@ -46,6 +47,7 @@ log = structlog.get_logger("asrhub.openai_api")
 UPLOAD_CHUNK = 64 * 1024
 PAD_S = 0.2  # speech regions are recognised with this much audio either side
 JOIN_GAP_S = 0.3  # regions closer than this (after padding) are recognised together
+MERGE_S = 20.0  # json/text: consecutive regions recognised in one call up to this long
 Emit = Callable[[str], Awaitable[None]]
 
 
@@ -322,10 +324,13 @@ class AudioService:
             offset, audio = got
             regions = await self._utterances(audio)
             # Per-segment formats get one engine call per stretch of speech (segments that
-            # follow speech turns, real times); json/text/stream get the speech of the piece
-            # joined with its long pauses cut short: fewer, cheaper calls, same words.
+            # follow speech turns, real times); json/text/stream get consecutive stretches
+            # together, as the file protocol plans its pieces: fewer, cheaper calls, and no
+            # pause over 1 s inside one (Whisper stops at one and drops what follows; joining
+            # the speech with the pauses cut out dropped words too: WER 8.2 % against 2.4 %).
             stretches = ([Stretch.single(audio, a, b) for a, b in regions] if req.needs_segments
-                         else Stretch.joined(audio, regions, int(self.settings.piece_seconds * SAMPLE_RATE)))
+                         else [Stretch.single(audio, p.start, p.end) for p in plan_pieces(
+                             regions, len(audio), max_len=int(MERGE_S * SAMPLE_RATE), pad=0)])
             for stretch in stretches:
                 self._check_client(request)
                 try:
@@ -524,25 +529,6 @@ class Stretch:
     @classmethod
     def single(cls, piece: np.ndarray, start: int, end: int) -> Stretch:
         return cls(piece[start:end], [(0, start, end - start)])
-
-    @classmethod
-    def joined(cls, piece: np.ndarray, regions: list[tuple[int, int]], limit: int) -> list[Stretch]:
-        """Consecutive regions put end to end (their padding is the pause left between them),
-        at most ``limit`` samples per stretch."""
-        out: list[Stretch] = []
-        parts: list[np.ndarray] = []
-        spans: list[tuple[int, int, int]] = []
-        length = 0
-        for start, end in regions:
-            if parts and length + end - start > limit:
-                out.append(cls(np.concatenate(parts), spans))
-                parts, spans, length = [], [], 0
-            parts.append(piece[start:end])
-            spans.append((length, start, end - start))
-            length += end - start
-        if parts:
-            out.append(cls(np.concatenate(parts), spans))
-        return out
 
     def original(self, seconds: float) -> float:
         """A time in this stretch's audio → seconds in the piece."""

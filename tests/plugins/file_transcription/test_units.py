@@ -28,6 +28,14 @@ def test_pieces_merge_regions_up_to_the_limit_and_skip_silence():
     assert pieces == [Piece(1 * S, 8 * S), Piece(40 * S, 45 * S)]
 
 
+def test_a_long_pause_splits_pieces():
+    """Whisper stops at a long pause inside one decode and drops what follows it."""
+    regions = [(0, 2 * S), (int(2.8 * S), 5 * S), (8 * S, 10 * S)]
+    pieces = plan_pieces(regions, 12 * S, max_len=20 * S, pad=0)
+    assert pieces == [Piece(0, 5 * S), Piece(8 * S, 10 * S)]
+    assert plan_pieces(regions, 12 * S, max_len=20 * S, pad=0, max_pause=None) == [Piece(0, 10 * S)]
+
+
 def test_long_region_is_cut_and_speaker_change_splits():
     pieces = plan_pieces([(0, 70 * S)], 70 * S, max_len=30 * S, pad=0)
     assert [(p.start // S, p.end // S) for p in pieces] == [(0, 30), (30, 60), (60, 70)]
