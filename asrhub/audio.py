@@ -197,7 +197,8 @@ def decode_file(path: str | Path) -> Audio:
     return _finite(audio)
 
 
-def _open_av(source: io.IOBase | str, name: str | None):  # -> (container, audio stream)
+def open_av(source: io.IOBase | str, name: str | None):  # -> (container, audio stream)
+    """Open ``source`` with FFmpeg: its container and first audio stream, or :class:`AudioError`."""
     import av  # imported lazily: FFmpeg's libraries are large
 
     try:
@@ -224,7 +225,7 @@ def probe_duration(path: str | Path) -> float | None:
     else:
         if info.frames > 0 and info.samplerate > 0:
             return info.frames / info.samplerate
-    container, stream = _open_av(str(path), path.name)
+    container, stream = open_av(str(path), path.name)
     try:
         try:
             next(iter(container.decode(stream)))
@@ -243,7 +244,7 @@ def probe_duration(path: str | Path) -> float | None:
 def _decode_with_av(fileobj: io.IOBase, name: str | None) -> Audio:
     import av
 
-    container, stream = _open_av(fileobj, name)
+    container, stream = open_av(fileobj, name)
     try:
         rate = stream.codec_context.sample_rate or SAMPLE_RATE
         # FFmpeg only downmixes; the rate conversion is soxr's, like every other path.

@@ -34,7 +34,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from asrhub.audio import AudioError, probe_duration, to_mono
+from asrhub.audio import AudioError, open_av, probe_duration, to_mono
 from asrhub.engine import SAMPLE_RATE, ASREngine, Audio, ProgressCallback, Segment, Transcript, Word
 from asrhub.segmenter import quietest_point
 from asrhub.text import join_texts
@@ -112,15 +112,8 @@ class PieceReader:
     def _av_blocks(self) -> Iterator[np.ndarray]:
         import av  # lazily: FFmpeg's libraries are large
 
+        container, stream = open_av(str(self.path), self.name)
         try:
-            container = av.open(str(self.path), mode="r")
-        except (av.error.FFmpegError, ValueError, UnicodeDecodeError) as exc:
-            raise AudioError(f"{self.name}: not a decodable audio file ({exc.__class__.__name__})",
-                             "undecodable") from None
-        try:
-            if not container.streams.audio:
-                raise AudioError(f"{self.name}: the file has no audio stream", "no_audio_stream")
-            stream = container.streams.audio[0]
             rate = stream.codec_context.sample_rate or SAMPLE_RATE
             # FFmpeg only converts the sample format and downmixes; soxr resamples.
             converter = av.AudioResampler(format="flt", layout="mono", rate=rate)
