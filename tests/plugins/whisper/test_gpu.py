@@ -12,7 +12,6 @@ Two kinds of test:
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from asrhub_plugins.whisper.device import Batching, check_supported, place
 from asrhub_plugins.whisper.engine import WhisperEngine
 from asrhub_plugins.whisper.settings import WhisperSettings
 
-from .test_whisper_accuracy import CLIPS  # trustworthy English recordings
+from .test_whisper_accuracy import CLIPS, decode_at_once  # CLIPS: trustworthy English recordings
 
 CUDA_DEVICES = ctranslate2_cuda_devices()
 needs_gpu = pytest.mark.skipif(CUDA_DEVICES == 0, reason="CTranslate2 finds no CUDA device here")
@@ -189,18 +188,7 @@ def test_a_long_recording_on_the_gpu(tiny_gpu: WhisperEngine, clip) -> None:
 def test_batched_gpu_decodes_give_the_text_of_one_by_one(tiny_gpu: WhisperEngine, clip) -> None:
     audios = [clip(name) for name in CLIPS] * 2  # 12 finals at once, 20-30 s windows
     one_by_one = [tiny_gpu.decode(audio, "en").text for audio in audios]
-    results: list = [None] * len(audios)
-    start = threading.Barrier(len(audios))
-
-    def decode(index: int) -> None:
-        start.wait()
-        results[index] = tiny_gpu.decode(audios[index], "en")
-
-    threads = [threading.Thread(target=decode, args=(i,)) for i in range(len(audios))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    results = decode_at_once(tiny_gpu, audios)
     assert [r.text for r in results] == one_by_one
     assert max(r.batch_size for r in results) > 1  # final windows batch on a GPU
     assert tiny_gpu.batcher.stats.largest <= 16

@@ -102,6 +102,24 @@ def test_stream_finals_are_final_window_decodes(tiny: WhisperEngine, clip) -> No
 
 # ---------------------------------------------------------------------- batching
 
+def decode_at_once(engine: WhisperEngine, audios: list[np.ndarray]) -> list:
+    """Every clip decoded as a final from a thread of its own, all released at once (what
+    concurrent sessions do): the batcher sees them together."""
+    results: list = [None] * len(audios)
+    start = threading.Barrier(len(audios))
+
+    def decode(index: int) -> None:
+        start.wait()
+        results[index] = engine.decode(audios[index], "en")
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(len(audios))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
 def _request(engine: WhisperEngine, audio: np.ndarray, *, partial: bool = False) -> DecodeRequest:
     window = FULL_WINDOW if not partial else 1000
     return DecodeRequest(features=engine._features(audio, window), window=window,
@@ -132,18 +150,7 @@ def test_concurrent_decodes_are_batched_and_keep_their_text(tmp_path: Path, clip
     try:
         audios = [clip(name) for name in CLIPS]
         one_by_one = [engine.decode(audio, "en").text for audio in audios]
-        results: list = [None] * len(audios)
-        start = threading.Barrier(len(audios))
-
-        def decode(index: int) -> None:
-            start.wait()
-            results[index] = engine.decode(audios[index], "en")
-
-        threads = [threading.Thread(target=decode, args=(i,)) for i in range(len(audios))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        results = decode_at_once(engine, audios)
         assert [r.text for r in results] == one_by_one
         assert max(r.batch_size for r in results) > 1
         assert engine.batcher.stats.largest <= 4
