@@ -141,8 +141,8 @@ async def file_upload(port: int, path: Path) -> str:
     return ""
 
 
-async def broadcast(port: int, pcm: np.ndarray) -> str:
-    session = uuid.uuid4().hex
+async def broadcast(port: int, pcm: np.ndarray, session: str | None = None) -> str:
+    session = session or uuid.uuid4().hex
     padded = np.concatenate([pcm, np.zeros(16000, np.float32) + 1e-4]).astype("<f4")
     texts = []
     async with aiohttp.ClientSession() as http:
@@ -154,6 +154,8 @@ async def broadcast(port: int, pcm: np.ndarray) -> str:
                 data = json.loads(msg.data)
                 if "asr" in data:
                     texts.append(data["asr"])
+                if data.get("type") == "closed":
+                    return
         task = asyncio.create_task(read())
         for i in range(0, len(padded), 1600):
             await sender.send_bytes(padded[i:i + 1600].tobytes())
@@ -164,6 +166,7 @@ async def broadcast(port: int, pcm: np.ndarray) -> str:
         except TimeoutError:
             task.cancel()
         await sender.close()
+        await receiver.close()
     return " ".join(texts)
 
 

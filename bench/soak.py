@@ -286,36 +286,10 @@ async def broadcast_to(port: int, pcm: np.ndarray, sessions: list[str]) -> str:
         lock = BROADCAST_LOCKS.setdefault(session, asyncio.Lock())
         if not lock.locked():
             async with lock:
-                return await broadcast_once(port, pcm, session)
-    return await broadcast_once(port, pcm, f"soak{uuid.uuid4().hex[:8]}")
+                return await clients.broadcast(port, pcm, session)
+    return await clients.broadcast(port, pcm, f"soak{uuid.uuid4().hex[:8]}")
 
 
-async def broadcast_once(port: int, pcm: np.ndarray, session: str) -> str:
-    padded = np.concatenate([pcm, np.zeros(16000, np.float32) + 1e-4]).astype("<f4")
-    texts: list[str] = []
-    async with aiohttp.ClientSession() as http:
-        receiver = await http.ws_connect(f"http://127.0.0.1:{port}/ws/asr/{session}?mode=receiver")
-        sender = await http.ws_connect(f"http://127.0.0.1:{port}/ws/asr/{session}?mode=sender")
-
-        async def read() -> None:
-            async for msg in receiver:
-                data = json.loads(msg.data)
-                if "asr" in data:
-                    texts.append(data["asr"])
-                if data.get("type") == "closed":
-                    return
-        task = asyncio.create_task(read())
-        for i in range(0, len(padded), 1600):
-            await sender.send_bytes(padded[i:i + 1600].tobytes())
-            await asyncio.sleep(0.1)
-        await sender.send_str("close")
-        try:
-            await asyncio.wait_for(task, 30)
-        except TimeoutError:
-            task.cancel()
-        await sender.close()
-        await receiver.close()
-    return " ".join(texts)
 
 
 async def worker(index: int, ports: dict[str, int], audio: dict[str, np.ndarray], refs: dict[str, str],
