@@ -5,9 +5,16 @@
   unbounded queue).
 - Prioritised: live audio (:attr:`Priority.LIVE`) is taken before file jobs
   (:attr:`Priority.BATCH`), so a long upload never starves a streaming session.
+- Fair between sessions: every call belongs to a *flow* (the connection, upload task or HTTP
+  peer that asked for it, read from the log context the transport binds, or ``flow=``). Within
+  a priority the next call is the one whose flow was served longest ago, so a client that
+  floods the executor with calls waits its turn behind every other client instead of ahead of
+  them (round robin between flows, first come first served within one).
 - Per-engine limits: ``engine_limits["whisper"] = 1`` keeps at most one call of that engine
   running at once, whatever the number of workers.
-- Context: the caller's contextvars (structlog's bound context) are copied into the worker.
+- Context: the caller's contextvars (structlog's bound context) are copied into the worker, and
+  :func:`current_call` tells code running there its call's priority and flow (the Whisper
+  batcher orders its own queue by them).
 """
 
 from __future__ import annotations
@@ -27,11 +34,39 @@ import structlog
 
 log = structlog.get_logger("asrhub.executor")
 R = TypeVar("R")
+FLOW_KEYS = ("conn_id", "task_id", "peer")  # log-context keys that name who asked, in order
+MAX_FLOWS = 4096  # flows remembered for fairness (the least recently served are forgotten)
 
 
 class Priority(enum.IntEnum):
     LIVE = 0
     BATCH = 1
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What the executor knows about the call running in this thread."""
+
+    priority: Priority
+    flow: str
+
+
+_current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("asrhub_call", default=None)
+
+
+def current_call() -> CallInfo | None:
+    """The executor call this code runs in (None outside the executor)."""
+    return _current.get()
+
+
+def flow_of_context() -> str:
+    """The flow of the caller: its connection, task or peer from the bound log context."""
+    bound = structlog.contextvars.get_contextvars()
+    for key in FLOW_KEYS:
+        value = bound.get(key)
+        if value:
+            return f"{key}={value}"
+    return ""
 
 
 class ExecutorBusy(RuntimeError):
@@ -49,6 +84,7 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     priority: Priority = Priority.LIVE
+    flow: str = ""
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 
@@ -94,6 +130,9 @@ class InferenceExecutor:
         self._on_done = on_done
         self._queues: dict[Priority, collections.deque[_Job]] = {p: collections.deque() for p in Priority}
         self._running: collections.Counter[str] = collections.Counter()
+        # flow -> when it was last served (a dispatch counter); insertion order = LRU order
+        self._served: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._dispatched = 0
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -119,9 +158,11 @@ class InferenceExecutor:
         priority: Priority = Priority.LIVE,
         engine: str | None = None,
         timeout: float | None = None,
+        flow: str | None = None,
         **kwargs: Any,
     ) -> R:
-        """Run ``fn(*args, **kwargs)`` in a worker thread and return its result."""
+        """Run ``fn(*args, **kwargs)`` in a worker thread and return its result. ``flow``: who
+        the call is for (default: the connection/task/peer of the bound log context)."""
         if self._closed:
             raise ExecutorClosed("the server is shutting down")
         if self._room is None:
@@ -138,8 +179,10 @@ class InferenceExecutor:
             ) from None
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
+        flow = flow_of_context() if flow is None else flow
+        ctx.run(_current.set, CallInfo(priority, flow))
         job = _Job(fn=lambda: ctx.run(fn, *args, **kwargs), engine=engine,
-                   future=loop.create_future(), loop=loop, priority=priority)
+                   future=loop.create_future(), loop=loop, priority=priority, flow=flow)
         with self._cond:
             if self._closed:
                 self._room.release()
@@ -196,14 +239,32 @@ class InferenceExecutor:
     # ------------------------------------------------------------------ worker side
 
     def _take(self) -> _Job | None:
-        """Next runnable job (caller holds the lock): highest priority whose engine has room."""
+        """Next runnable job (caller holds the lock): of the highest priority with a runnable
+        job (its engine has room), the oldest job of the flow served longest ago."""
         for priority in Priority:
             queue = self._queues[priority]
+            best_index, best_stamp = -1, 0
+            seen: set[str] = set()
             for index, job in enumerate(queue):
+                if job.flow in seen:
+                    continue  # a later job of a flow already considered: FIFO within a flow
                 limit = self.engine_limits.get(job.engine or "", 0)
                 if limit and self._running[job.engine or ""] >= limit:
                     continue
-                del queue[index]
+                seen.add(job.flow)
+                stamp = self._served.get(job.flow, -1)
+                if best_index < 0 or stamp < best_stamp:
+                    best_index, best_stamp = index, stamp
+                    if stamp < 0:
+                        break  # a flow never served (or forgotten): nothing goes before it
+            if best_index >= 0:
+                job = queue[best_index]
+                del queue[best_index]
+                self._dispatched += 1
+                self._served[job.flow] = self._dispatched
+                self._served.move_to_end(job.flow)
+                while len(self._served) > MAX_FLOWS:
+                    self._served.popitem(last=False)
                 return job
         return None
 

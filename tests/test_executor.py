@@ -60,6 +60,44 @@ async def test_live_work_overtakes_queued_batch_work():
         await ex.shutdown()
 
 
+async def test_flows_take_turns_within_a_priority():
+    """A client that queues many calls waits its turn behind another client's single call."""
+    ex = InferenceExecutor(workers=1, max_pending=32)
+    order: list[str] = []
+    gate = threading.Event()
+    try:
+        blocker = asyncio.ensure_future(ex.run(gate.wait, 5, flow="flood"))
+        await asyncio.sleep(0.05)
+        flood = [asyncio.ensure_future(ex.run(order.append, f"flood{i}", flow="flood"))
+                 for i in range(6)]
+        await asyncio.sleep(0.01)
+        with structlog.contextvars.bound_contextvars(conn_id="c2"):  # the flow of a connection
+            other = asyncio.ensure_future(ex.run(order.append, "other"))
+            await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(blocker, other, *flood)
+        # "flood" was served (the blocker) when "other" arrived: other goes first, and the
+        # flood's own calls keep their order
+        assert order == ["other", *(f"flood{i}" for i in range(6))]
+    finally:
+        gate.set()
+        await ex.shutdown()
+
+
+async def test_code_in_a_worker_knows_its_call():
+    from asrhub.executor import current_call
+
+    ex = InferenceExecutor(workers=1)
+    try:
+        assert current_call() is None
+        with structlog.contextvars.bound_contextvars(task_id="t1"):
+            info = await ex.run(current_call, priority=Priority.BATCH)
+        assert info is not None and (info.priority, info.flow) == (Priority.BATCH, "task_id=t1")
+        assert current_call() is None  # nothing leaks into the caller's context
+    finally:
+        await ex.shutdown()
+
+
 async def test_per_engine_concurrency_limit():
     ex = InferenceExecutor(workers=2, max_pending=16, engine_limits={"slow": 1})
     running = 0

@@ -10,7 +10,11 @@ model worked on a batch of one), the calls meet in a :class:`DecodeBatcher`:
   then takes a batch off the queue and runs it as one engine call (one batched encoder pass,
   one batched generate). Calls that arrive while a batch runs queue up and go together in the
   next one; the leader keeps leading until its own request is done, then hands over.
-- Finals before partials: while any final is waiting, a batch holds only finals.
+- Finals before partials: while any final is waiting, a batch holds only finals, and a live
+  stream's final goes before a file's (the executor's priority of the call). Within a class the
+  batch is led by the request of the session (*flow*) served longest ago and takes one request
+  per session before a second one of the same session, so a client that keeps many decodes
+  queued cannot push the others' back (the executor is fair the same way).
 - A batch holds requests that the model can run together: the same length of previous-text
   prompt (CTranslate2 wants the start token at the same position in every row) and the same
   encoder window (windows grow in 5 s steps: most finals share 15 s, most partials 10 s).
@@ -50,6 +54,8 @@ class DecodeRequest:
     previous: list[int]  # the previous-text prompt ([sot_prev, *tokens]) or []
     budget: int  # new tokens at most
     final: bool  # a final (or file) result: goes first
+    live: bool = True  # asked for by a live stream (finals of these go before file decodes)
+    flow: str = ""  # the session that asked (fair turns between sessions)
     submitted: float = field(default_factory=time.perf_counter)
     # results
     tokens: list[int] = field(default_factory=list)
@@ -97,6 +103,8 @@ class DecodeBatcher:
         self._queue: list[DecodeRequest] = []
         self._leading = False
         self._recent: deque[float] = deque(maxlen=4)
+        self._served: dict[str, int] = {}  # flow -> batch number it was last served in
+        self._batch_number = 0
         self.stats = BatchStats()
 
     @property
@@ -136,12 +144,20 @@ class DecodeBatcher:
 
     # ------------------------------------------------------------------ leader side (lock held)
 
+    def _pool(self) -> list[DecodeRequest]:
+        """The most urgent class of waiting requests: live finals, other finals, partials."""
+        finals = [r for r in self._queue if r.final]
+        return [r for r in finals if r.live] or finals or self._queue
+
+    def _head(self, pool: list[DecodeRequest]) -> DecodeRequest:
+        """The oldest request of the flow served longest ago."""
+        return min(pool, key=lambda r: self._served.get(r.flow, -1))  # min keeps the first of ties
+
     def _gather(self) -> None:
         """Wait (bounded) for more requests to join, unless the batch is full already."""
         if self.gather_s <= 0 or self.max_batch == 1:
             return
-        finals = [r for r in self._queue if r.final]
-        head = (finals or self._queue)[0]
+        head = self._head(self._pool())
         if self.max_window is not None and head.window > self.max_window:
             return  # it runs alone anyway
         deadline = time.perf_counter() + self.gather_s
@@ -155,15 +171,30 @@ class DecodeBatcher:
         self.stats.gather_waits += waited
 
     def _take(self) -> list[DecodeRequest]:
-        finals = [r for r in self._queue if r.final]
-        pool = finals or self._queue
-        head = pool[0]
+        pool = self._pool()
+        head = self._head(pool)
         size = self.max_batch
         if self.max_window is not None and head.window > self.max_window:
             size = 1
-        batch = [r for r in pool if head.fits(r)][:size]
+        mates = [r for r in pool if r is not head and head.fits(r)]
+        flows = {head.flow}
+        batch = [head]
+        by_turn = sorted(mates, key=lambda r: self._served.get(r.flow, -1))
+        for request in by_turn:  # one per flow first, least recently served flows first
+            if len(batch) < size and request.flow not in flows:
+                flows.add(request.flow)
+                batch.append(request)
+        for request in mates:  # then fill up with the rest, oldest first
+            if len(batch) < size and request not in batch:
+                batch.append(request)
         taken = set(map(id, batch))
         self._queue = [r for r in self._queue if id(r) not in taken]
+        self._batch_number += 1
+        for request in batch:
+            self._served[request.flow] = self._batch_number
+        if len(self._served) > 4096:  # forget flows not served in a long while
+            cutoff = self._batch_number - 1024
+            self._served = {f: n for f, n in self._served.items() if n > cutoff}
         return batch
 
     def _execute(self, batch: list[DecodeRequest]) -> None:

@@ -56,6 +56,7 @@ from asrhub.engine import (
     VADStream,
     Word,
 )
+from asrhub.executor import Priority, current_call
 from asrhub.text import join_texts
 from asrhub_plugins.whisper.batching import DecodeBatcher, DecodeRequest
 from asrhub_plugins.whisper.device import Placement, check_supported, place
@@ -285,10 +286,13 @@ class WhisperEngine:
         if not self.multilingual:
             language = "en"
         previous = previous_text.strip()
+        call = current_call()
         request = DecodeRequest(
             features=self._features(audio, window), window=window, language=language,
             previous=self._previous_prompt(previous), budget=token_budget(duration),
-            final=not partial or exact)  # a forced window (a retry) is urgent
+            final=not partial or exact,  # a forced window (a retry) is urgent
+            live=call is None or call.priority is Priority.LIVE,
+            flow=call.flow if call is not None else "")
         self.batcher.submit(request)
         tokens = request.tokens
         language = request.language

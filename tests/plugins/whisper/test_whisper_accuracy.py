@@ -175,6 +175,37 @@ def test_finals_go_before_partials_and_batches_stay_compatible(tiny: WhisperEngi
     assert batcher._take() == [partial]
 
 
+def test_live_finals_lead_and_sessions_take_turns(tiny: WhisperEngine) -> None:
+    """A live stream's final goes before a file's; a session that keeps many decodes queued
+    gets one per batch while another session waits (fair turns, no text change)."""
+    from asrhub_plugins.whisper.batching import DecodeBatcher
+
+    batcher = DecodeBatcher(lambda batch: None, max_batch=2, gather_s=0)
+    audio = np.zeros(16000, np.float32)
+
+    def req(flow: str, *, live: bool = True, partial: bool = False) -> DecodeRequest:
+        request = _request(tiny, audio, partial=partial)
+        request.flow, request.live = flow, live
+        return request
+
+    flood = [req("conn_id=flood") for _ in range(4)]
+    file_final = req("task_id=file", live=False)
+    other = req("conn_id=other")
+    partial = req("conn_id=other", partial=True)
+    batcher._queue = [file_final, *flood, other, partial]
+    first = batcher._take()
+    assert first == [flood[0], other]  # live finals first; one per session before seconds
+    second = batcher._take()
+    assert second == flood[1:3]  # only the flood's finals remain among the live ones
+    assert batcher._take() == [flood[3]]
+    assert batcher._take() == [file_final]  # then the file's final, then partials
+    assert batcher._take() == [partial]
+    # the session served longest ago leads the next batch, though it asked later
+    batcher._queue = [req("conn_id=other"), req("conn_id=flood")]  # other was served last
+    batcher.max_batch = 1
+    assert [r.flow for r in batcher._take()] == ["conn_id=flood"]
+
+
 def test_long_windows_run_alone_short_ones_together(tiny: WhisperEngine) -> None:
     from asrhub_plugins.whisper.batching import DecodeBatcher
 
