@@ -7,9 +7,11 @@
   (:attr:`Priority.BATCH`), so a long upload never starves a streaming session.
 - Fair between sessions: every call belongs to a *flow* (the connection, upload task or HTTP
   peer that asked for it, read from the log context the transport binds, or ``flow=``). Within
-  a priority the next call is the one whose flow was served longest ago, so a client that
-  floods the executor with calls waits its turn behind every other client instead of ahead of
-  them (round robin between flows, first come first served within one).
+  a priority, calls go in start-time fair order (each call costs one turn): a call's tag is
+  the later of the virtual time (the tag of the last call taken) and its flow's previous tag
+  + 1, and the lowest tag goes next (first come first served among equal tags). A client that
+  queues many calls gets one turn in every round, behind every other client's waiting call;
+  a new connection queues at the current round, not ahead of those already waiting.
 - Per-engine limits: ``engine_limits["whisper"] = 1`` keeps at most one call of that engine
   running at once, whatever the number of workers.
 - Context: the caller's contextvars (structlog's bound context) are copied into the worker, and
@@ -35,7 +37,7 @@ import structlog
 log = structlog.get_logger("asrhub.executor")
 R = TypeVar("R")
 FLOW_KEYS = ("conn_id", "task_id", "peer")  # log-context keys that name who asked, in order
-MAX_FLOWS = 4096  # flows remembered for fairness (the least recently served are forgotten)
+MAX_FLOWS = 4096  # flows with a tag ahead of the virtual time kept before pruning
 
 
 class Priority(enum.IntEnum):
@@ -85,6 +87,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     priority: Priority = Priority.LIVE
     flow: str = ""
+    tag: int = 0  # fair-queuing start tag (see the module docstring)
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 
@@ -130,9 +133,8 @@ class InferenceExecutor:
         self._on_done = on_done
         self._queues: dict[Priority, collections.deque[_Job]] = {p: collections.deque() for p in Priority}
         self._running: collections.Counter[str] = collections.Counter()
-        # flow -> when it was last served (a dispatch counter); insertion order = LRU order
-        self._served: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self._dispatched = 0
+        self._vtime = 0  # the tag of the last call taken
+        self._next_tag: dict[str, int] = {}  # flow -> the tag its next call gets at the earliest
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -187,6 +189,10 @@ class InferenceExecutor:
             if self._closed:
                 self._room.release()
                 raise ExecutorClosed("the server is shutting down")
+            job.tag = max(self._vtime, self._next_tag.get(flow, 0))
+            self._next_tag[flow] = job.tag + 1
+            if len(self._next_tag) > MAX_FLOWS:  # a tag at or behind the virtual time = none
+                self._next_tag = {f: t for f, t in self._next_tag.items() if t > self._vtime}
             self._queues[priority].append(job)
             self._pending += 1
             self._cond.notify()
@@ -240,31 +246,20 @@ class InferenceExecutor:
 
     def _take(self) -> _Job | None:
         """Next runnable job (caller holds the lock): of the highest priority with a runnable
-        job (its engine has room), the oldest job of the flow served longest ago."""
+        job (its engine has room), the one with the lowest fair-queuing tag (oldest first)."""
         for priority in Priority:
             queue = self._queues[priority]
-            best_index, best_stamp = -1, 0
-            seen: set[str] = set()
+            best = -1
             for index, job in enumerate(queue):
-                if job.flow in seen:
-                    continue  # a later job of a flow already considered: FIFO within a flow
                 limit = self.engine_limits.get(job.engine or "", 0)
                 if limit and self._running[job.engine or ""] >= limit:
                     continue
-                seen.add(job.flow)
-                stamp = self._served.get(job.flow, -1)
-                if best_index < 0 or stamp < best_stamp:
-                    best_index, best_stamp = index, stamp
-                    if stamp < 0:
-                        break  # a flow never served (or forgotten): nothing goes before it
-            if best_index >= 0:
-                job = queue[best_index]
-                del queue[best_index]
-                self._dispatched += 1
-                self._served[job.flow] = self._dispatched
-                self._served.move_to_end(job.flow)
-                while len(self._served) > MAX_FLOWS:
-                    self._served.popitem(last=False)
+                if best < 0 or job.tag < queue[best].tag:
+                    best = index
+            if best >= 0:
+                job = queue[best]
+                del queue[best]
+                self._vtime = max(self._vtime, job.tag)
                 return job
         return None
 

@@ -71,14 +71,16 @@ async def test_flows_take_turns_within_a_priority():
         flood = [asyncio.ensure_future(ex.run(order.append, f"flood{i}", flow="flood"))
                  for i in range(6)]
         await asyncio.sleep(0.01)
-        with structlog.contextvars.bound_contextvars(conn_id="c2"):  # the flow of a connection
-            other = asyncio.ensure_future(ex.run(order.append, "other"))
-            await asyncio.sleep(0.01)
+        others = []
+        for conn in ("c2", "c3"):
+            with structlog.contextvars.bound_contextvars(conn_id=conn):  # a connection's flow
+                others.append(asyncio.ensure_future(ex.run(order.append, conn)))
+                await asyncio.sleep(0.01)
         gate.set()
-        await asyncio.gather(blocker, other, *flood)
-        # "flood" was served (the blocker) when "other" arrived: other goes first, and the
-        # flood's own calls keep their order
-        assert order == ["other", *(f"flood{i}" for i in range(6))]
+        await asyncio.gather(blocker, *others, *flood)
+        # "flood" had its turn (the blocker) when the others arrived: they go first, in the
+        # order they came, and the flood's own calls keep their order
+        assert order == ["c2", "c3", *(f"flood{i}" for i in range(6))]
     finally:
         gate.set()
         await ex.shutdown()

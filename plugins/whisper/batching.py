@@ -11,10 +11,11 @@ model worked on a batch of one), the calls meet in a :class:`DecodeBatcher`:
   one batched generate). Calls that arrive while a batch runs queue up and go together in the
   next one; the leader keeps leading until its own request is done, then hands over.
 - Finals before partials: while any final is waiting, a batch holds only finals, and a live
-  stream's final goes before a file's (the executor's priority of the call). Within a class the
-  batch is led by the request of the session (*flow*) served longest ago and takes one request
-  per session before a second one of the same session, so a client that keeps many decodes
-  queued cannot push the others' back (the executor is fair the same way).
+  stream's final goes before a file's (the executor's priority of the call). Within a class,
+  requests go in start-time fair order between sessions (*flows*), as in the executor: a
+  request's tag is the later of the tag last taken and its session's previous tag + 1; the
+  lowest tag leads, and a batch takes one request per session before a second one of the same
+  session, so a client that keeps many decodes queued cannot push the others' back.
 - A batch holds requests that the model can run together: the same length of previous-text
   prompt (CTranslate2 wants the start token at the same position in every row) and the same
   encoder window (windows grow in 5 s steps: most finals share 15 s, most partials 10 s).
@@ -56,6 +57,7 @@ class DecodeRequest:
     final: bool  # a final (or file) result: goes first
     live: bool = True  # asked for by a live stream (finals of these go before file decodes)
     flow: str = ""  # the session that asked (fair turns between sessions)
+    tag: int = 0  # fair-queuing start tag, set by the batcher
     submitted: float = field(default_factory=time.perf_counter)
     # results
     tokens: list[int] = field(default_factory=list)
@@ -103,8 +105,8 @@ class DecodeBatcher:
         self._queue: list[DecodeRequest] = []
         self._leading = False
         self._recent: deque[float] = deque(maxlen=4)
-        self._served: dict[str, int] = {}  # flow -> batch number it was last served in
-        self._batch_number = 0
+        self._vtime = 0  # the tag of the last batch's leader
+        self._next_tag: dict[str, int] = {}  # flow -> the tag its next request gets at the earliest
         self.stats = BatchStats()
 
     @property
@@ -118,7 +120,7 @@ class DecodeBatcher:
             now = time.perf_counter()
             others_recently = bool(self._recent) and now - self._recent[-1] < RECENT_S
             self._recent.append(now)
-            self._queue.append(request)
+            self._enqueue(request)
             self._cond.notify_all()
             while not request.done:
                 if self._leading:
@@ -149,9 +151,17 @@ class DecodeBatcher:
         finals = [r for r in self._queue if r.final]
         return [r for r in finals if r.live] or finals or self._queue
 
-    def _head(self, pool: list[DecodeRequest]) -> DecodeRequest:
-        """The oldest request of the flow served longest ago."""
-        return min(pool, key=lambda r: self._served.get(r.flow, -1))  # min keeps the first of ties
+    def _enqueue(self, request: DecodeRequest) -> None:
+        request.tag = max(self._vtime, self._next_tag.get(request.flow, 0))
+        self._next_tag[request.flow] = request.tag + 1
+        if len(self._next_tag) > 4096:  # a tag at or behind the virtual time = none
+            self._next_tag = {f: t for f, t in self._next_tag.items() if t > self._vtime}
+        self._queue.append(request)
+
+    @staticmethod
+    def _head(pool: list[DecodeRequest]) -> DecodeRequest:
+        """The request with the lowest tag (min keeps the oldest of equal tags)."""
+        return min(pool, key=lambda r: r.tag)
 
     def _gather(self) -> None:
         """Wait (bounded) for more requests to join, unless the batch is full already."""
@@ -176,25 +186,19 @@ class DecodeBatcher:
         size = self.max_batch
         if self.max_window is not None and head.window > self.max_window:
             size = 1
-        mates = [r for r in pool if r is not head and head.fits(r)]
+        mates = sorted((r for r in pool if r is not head and head.fits(r)), key=lambda r: r.tag)
         flows = {head.flow}
         batch = [head]
-        by_turn = sorted(mates, key=lambda r: self._served.get(r.flow, -1))
-        for request in by_turn:  # one per flow first, least recently served flows first
+        for request in mates:  # one per flow first, lowest tags first
             if len(batch) < size and request.flow not in flows:
                 flows.add(request.flow)
                 batch.append(request)
-        for request in mates:  # then fill up with the rest, oldest first
+        for request in mates:  # then fill up with the rest
             if len(batch) < size and request not in batch:
                 batch.append(request)
         taken = set(map(id, batch))
         self._queue = [r for r in self._queue if id(r) not in taken]
-        self._batch_number += 1
-        for request in batch:
-            self._served[request.flow] = self._batch_number
-        if len(self._served) > 4096:  # forget flows not served in a long while
-            cutoff = self._batch_number - 1024
-            self._served = {f: n for f, n in self._served.items() if n > cutoff}
+        self._vtime = max(self._vtime, head.tag)
         return batch
 
     def _execute(self, batch: list[DecodeRequest]) -> None:

@@ -192,7 +192,8 @@ def test_live_finals_lead_and_sessions_take_turns(tiny: WhisperEngine) -> None:
     file_final = req("task_id=file", live=False)
     other = req("conn_id=other")
     partial = req("conn_id=other", partial=True)
-    batcher._queue = [file_final, *flood, other, partial]
+    for request in [file_final, *flood, other, partial]:
+        batcher._enqueue(request)
     first = batcher._take()
     assert first == [flood[0], other]  # live finals first; one per session before seconds
     second = batcher._take()
@@ -200,10 +201,12 @@ def test_live_finals_lead_and_sessions_take_turns(tiny: WhisperEngine) -> None:
     assert batcher._take() == [flood[3]]
     assert batcher._take() == [file_final]  # then the file's final, then partials
     assert batcher._take() == [partial]
-    # the session served longest ago leads the next batch, though it asked later
-    batcher._queue = [req("conn_id=other"), req("conn_id=flood")]  # other was served last
+    # a session that has had more turns waits behind one that has had fewer, though it
+    # asked first
     batcher.max_batch = 1
-    assert [r.flow for r in batcher._take()] == ["conn_id=flood"]
+    batcher._enqueue(req("conn_id=flood"))
+    batcher._enqueue(req("conn_id=other"))
+    assert [r.flow for r in batcher._take()] == ["conn_id=other"]
 
 
 def test_long_windows_run_alone_short_ones_together(tiny: WhisperEngine) -> None:
