@@ -32,7 +32,12 @@ class ServerConfig:
     log_format: Literal["auto", "json", "console"] = "auto"
     drain_timeout: float = 10.0
     preload: bool = True
-    token: str = ""  # default for every listener; a listener's own token wins
+    # Default for every listener; a listener's own token wins. A string, or a list of tokens
+    # (one per client or team): a client presents any one of them, and what it creates (a
+    # voiceprint) belongs to that token's scope.
+    token: str | list[str] = ""
+    # Accepted wherever a listener token is, and may replace or remove any client's voiceprint.
+    admin_token: str = ""
     tls_cert: str = ""
     tls_key: str = ""
     allowed_origins: list[str] = field(default_factory=list)
@@ -89,7 +94,7 @@ class ListenerConfig:
     enabled: bool
     host: str
     port: int
-    token: str = ""
+    token: tuple[str, ...] = ()  # the tokens a client may present (any one); () = no token asked
     tls_cert: str = ""
     tls_key: str = ""
     allowed_origins: tuple[str, ...] = ()
@@ -185,7 +190,7 @@ def listener_config(config: Config, name: str, default_port: int, raw: dict[str,
         "tls_key": raw.get("tls_key", server.tls_key),
         "allowed_origins": raw.get("allowed_origins", list(server.allowed_origins)),
     }
-    hints = {"enabled": bool, "host": str, "port": int, "token": str, "tls_cert": str,
+    hints = {"enabled": bool, "host": str, "port": int, "token": str | list[str], "tls_cert": str,
              "tls_key": str, "allowed_origins": list[str]}
     checked = {k: _check(v, hints[k], f"{where} {k}") for k, v in values.items()}
     if not 0 <= checked["port"] <= 65535:
@@ -193,7 +198,18 @@ def listener_config(config: Config, name: str, default_port: int, raw: dict[str,
     if bool(checked["tls_cert"]) != bool(checked["tls_key"]):
         raise ConfigError(f"{where}: tls_cert and tls_key go together")
     checked["allowed_origins"] = tuple(checked["allowed_origins"])
+    checked["token"] = _tokens(checked["token"], f"{where} token")
     return ListenerConfig(name=name, **checked), own
+
+
+def _tokens(value: str | list[str], where: str) -> tuple[str, ...]:
+    """A token or a list of them, as a tuple without repeats ("" alone = no token)."""
+    if isinstance(value, str):
+        return (value,) if value else ()
+    for i, token in enumerate(value):
+        if not token:
+            raise ConfigError(f"{where}[{i}]: an empty token would let any client in")
+    return tuple(dict.fromkeys(value))
 
 
 T = typing.TypeVar("T")

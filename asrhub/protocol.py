@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import itertools
 import json
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from aiohttp import WSMsgType, web
 
+from asrhub.appkeys import CREDENTIAL_KEY
 from asrhub.executor import ExecutorBusy, ExecutorClosed, Priority
 
 if TYPE_CHECKING:
@@ -231,6 +233,36 @@ class Session:
         return {}
 
 
+# ----------------------------------------------------------------------------- credential
+
+
+@dataclass(frozen=True)
+class Credential:
+    """Which credential the core's guard accepted for a connection or HTTP request, for a
+    plugin's own access rules (who may overwrite a voiceprint, whose entries a list shows).
+
+    ``scope``: a stable, non-reversible id of the token the client presented
+    (:func:`token_scope`); "" when the listener asks for no token (an anonymous client).
+    ``admin``: it was ``[server] admin_token``."""
+
+    scope: str = ""
+    admin: bool = False
+
+
+ANONYMOUS = Credential()
+
+
+def token_scope(token: str) -> str:
+    """The scope id of ``token``: the first 16 hex digits of its SHA-256 (stored with what a
+    client creates; the token itself is never stored)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def credential_of(request: web.BaseRequest | None) -> Credential:
+    """The credential the core's guard accepted for ``request`` (anonymous without one)."""
+    return request.get(CREDENTIAL_KEY, ANONYMOUS) if request is not None else ANONYMOUS
+
+
 # ----------------------------------------------------------------------------- channel
 
 
@@ -249,6 +281,8 @@ class Channel:
         self.protocol = ctx.name
         self.conn_id = f"{ctx.name}-{next(_conn_ids)}"
         self.peer = peer
+        # who the client proved to be (a WebSocket's upgrade request; TCP: anonymous)
+        self.credential = ANONYMOUS
         self.opened = time.monotonic()
         self.close_reason = "client closed"
         self.close_code: int | None = None
@@ -581,6 +615,7 @@ class Transport:
         await ws.prepare(request)
         peer = request.remote or "?"
         channel = WebSocketChannel(ctx, route, peer, limits.max_outbox, ws)
+        channel.credential = credential_of(request)
         await self._run_connection(ctx, route, channel, peer, request)
         return ws
 

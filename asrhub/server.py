@@ -24,12 +24,27 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from asrhub.appkeys import CONTEXT_KEY, HUB_KEY, LISTENER_KEY, PUBLIC_PREFIXES_KEY, REFUSAL_KEY
+from asrhub.appkeys import (
+    CONTEXT_KEY,
+    CREDENTIAL_KEY,
+    HUB_KEY,
+    LISTENER_KEY,
+    PUBLIC_PREFIXES_KEY,
+    REFUSAL_KEY,
+)
 from asrhub.config import Config
 from asrhub.hub import Hub, Listener
 from asrhub.logsetup import configure_logging
 from asrhub.metrics import Metrics
-from asrhub.protocol import ListenerSettings, ProtocolContext, Transport, limits_of
+from asrhub.protocol import (
+    ANONYMOUS,
+    Credential,
+    ListenerSettings,
+    ProtocolContext,
+    Transport,
+    limits_of,
+    token_scope,
+)
 
 log = structlog.get_logger("asrhub.server")
 
@@ -38,16 +53,31 @@ class PortInUse(OSError):
     pass
 
 
-def _token_ok(request: web.Request, token: str) -> bool:
+def _offered_token(request: web.Request) -> str:
     """Bearer header, X-Asrhub-Token or ?token=; an empty header does not hide a valid query."""
     offered = request.query.get("token", "")
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         offered = auth[7:].strip() or offered
-    offered = request.headers.get("X-Asrhub-Token", "").strip() or offered
+    return request.headers.get("X-Asrhub-Token", "").strip() or offered
+
+
+def _credential(request: web.Request, tokens: tuple[str, ...], admin_token: str) -> Credential | None:
+    """The credential ``request`` presents: the admin token, one of the listener's tokens, or
+    anonymous when the listener asks for none; None when it asks for one and got none of them.
+    Every token is compared, in constant time, whatever matched before."""
     # Header text may hold anything a client sent (surrogate escapes included): compare bytes.
-    return hmac.compare_digest(offered.encode("utf-8", "surrogatepass"),
-                               token.encode("utf-8", "surrogatepass"))
+    offered = _offered_token(request).encode("utf-8", "surrogatepass")
+    admin = bool(admin_token) and hmac.compare_digest(offered, admin_token.encode("utf-8", "surrogatepass"))
+    matched = ""
+    for token in tokens:
+        if hmac.compare_digest(offered, token.encode("utf-8", "surrogatepass")):
+            matched = token
+    if admin:
+        return Credential(token_scope(admin_token), admin=True)
+    if matched:
+        return Credential(token_scope(matched))
+    return None if tokens else ANONYMOUS
 
 
 def _same_host(origin: str, request: web.Request) -> bool:
@@ -78,7 +108,6 @@ def _guard_middleware(state: ListenerState) -> Callable:
 
     @web.middleware
     async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        token = state.token
         origins = state.allowed_origins
         origin = request.headers.get("Origin")
         # An allowed origin (listed, or the hub's own pages on another port of this host) may
@@ -87,12 +116,14 @@ def _guard_middleware(state: ListenerState) -> Callable:
             "*" in origins or origin in origins or (not origins and _same_host(origin, request))) else None
         if cors and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return web.Response(status=204, headers=_cors_headers(request, cors))
-        if token and not _token_ok(request, token) and not state.is_public(request.path):
+        credential = _credential(request, state.token, state.admin_token)
+        if credential is None and not state.is_public(request.path):
             refusal = state.refuse(401, "unauthorized", "a valid token is required (Authorization: "
                                                         "Bearer <token> or ?token=)")
             if cors:
                 refusal.headers.update(_cors_headers(request, cors))
             return refusal
+        request[CREDENTIAL_KEY] = credential or ANONYMOUS
         if origin is not None and "*" not in origins and origin not in origins:
             upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
             # Listed origins only; without a list, the hub's own pages (same host) only. Plain
@@ -165,8 +196,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
 class ListenerState:
     """What a reload may change on a running listener without dropping connections."""
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, admin_token: str = "") -> None:
         self.token = listener.config.token
+        self.admin_token = admin_token
         self.allowed_origins = set(listener.config.allowed_origins)
         self.public_prefixes: tuple[str, ...] = ()
         self.refusal: Callable[[int, str, str], web.StreamResponse] | None = None
@@ -208,7 +240,7 @@ class Server:
 
     def build_app(self, listener: Listener) -> web.Application:
         hub = self.hub
-        state = self.states[listener.label] = ListenerState(listener)
+        state = self.states[listener.label] = ListenerState(listener, hub.config.server.admin_token)
         app = web.Application(middlewares=[_request_middleware(listener.label, hub),
                                            _guard_middleware(state)],
                               client_max_size=limits_of(listener.settings).max_body_bytes)
@@ -381,8 +413,9 @@ class Server:
     def reload(self, config: Config) -> list[str]:
         """Apply a re-read config to the running server; returns what needs a restart.
 
-        Applied at once: log level and format, every listener's token and allowed origins, and
-        each protocol's shared limits (:class:`ListenerSettings`: new connections get them).
+        Applied at once: log level and format, every listener's tokens (and the admin token)
+        and allowed origins, and each protocol's shared limits (:class:`ListenerSettings`: new
+        connections get them).
         Anything else (ports, hosts, TLS, engines, protocol-specific settings) is named in the
         log as needing a restart and keeps its running value.
         """
@@ -400,6 +433,7 @@ class Server:
             state = self.states.get(old.label)
             if state is not None:
                 state.token = new.config.token
+                state.admin_token = config.server.admin_token
                 state.allowed_origins = set(new.config.allowed_origins)
             for key in ("enabled", "host", "port", "tls_cert", "tls_key"):
                 if getattr(old.config, key) != getattr(new.config, key):

@@ -17,6 +17,7 @@ from asrhub.hookspecs import hookimpl
 from asrhub.hub import Hub
 from asrhub.plugins import make_plugin_manager
 from asrhub.protocol import (
+    ANONYMOUS,
     Channel,
     CloseInfo,
     ErrorCodes,
@@ -520,6 +521,7 @@ class RecordingChannel:
         self.protocol = protocol
         self.conn_id = f"{protocol}-test"
         self.peer = "127.0.0.1"
+        self.credential = ANONYMOUS  # a test may set another (asrhub.protocol.Credential)
         self.opened = time.monotonic()
         self.sent: list[Any] = []
         self.errors: list[str | int] = []

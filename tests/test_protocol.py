@@ -287,7 +287,7 @@ async def test_reload_applies_token_and_limits_without_dropping_connections():
             needs_restart = server.reload(parse_config(raw))
             assert needs_restart == ["[protocols.echo] greeting"]
             assert server.contexts["echo"].limits.max_message_bytes == 4096
-            assert server.contexts["echo"].listener.token == "new"
+            assert server.contexts["echo"].listener.token == ("new",)
             await ws.send_str("kept")  # the open connection is untouched
             assert (await ws.receive_json()) == {"echo": "kept"}
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
