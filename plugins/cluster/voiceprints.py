@@ -1,9 +1,10 @@
 """Voiceprint store "redis": every instance of a cluster sees the same voiceprints.
 
-One hash per speaker (``<prefix>vp:<id>``: name, engine, created_at, audio_seconds, dim and
-the embedding as little-endian float32 bytes) plus an index set (``<prefix>vp:index``); each
-change is one MULTI/EXEC transaction, so a reader never sees half a voiceprint and a change
-costs one speaker's bytes, not the whole table. Redis down → :class:`EngineError` saying so
+One hash per speaker (``<prefix>vp:<id>``: name, owner, engine, created_at, audio_seconds, dim
+and the embedding as little-endian float32 bytes; a hash written before ``owner`` was stored
+reads as owner "") plus an index set (``<prefix>vp:index``); each change is one MULTI/EXEC
+transaction, so a reader never sees half a voiceprint and a change costs one speaker's bytes,
+not the whole table. Redis down → :class:`EngineError` saying so
 (the protocol reports it as its own error); nothing is cached that could go stale.
 """
 
@@ -74,8 +75,9 @@ class RedisVoiceprintStore:
     def put(self, voiceprint: Voiceprint) -> None:
         """Insert or overwrite, atomically."""
         vp = _validated(voiceprint)
-        mapping = {"name": vp.name, "engine": vp.engine, "created_at": repr(vp.created_at),
-                   "audio_seconds": repr(vp.audio_seconds), "dim": str(vp.embedding.shape[0]),
+        mapping = {"name": vp.name, "owner": vp.owner, "engine": vp.engine,
+                   "created_at": repr(vp.created_at), "audio_seconds": repr(vp.audio_seconds),
+                   "dim": str(vp.embedding.shape[0]),
                    "embedding": vp.embedding.astype("<f4").tobytes()}
 
         def write() -> None:
@@ -110,7 +112,8 @@ def _decode(speaker_id: str, row: dict[bytes, bytes]) -> Voiceprint | None:
             raise ValueError("embedding length does not match dim")
         return Voiceprint(speaker_id=speaker_id, name=row[b"name"].decode(),
                           embedding=embedding, created_at=float(row[b"created_at"]),
-                          audio_seconds=float(row[b"audio_seconds"]), engine=row[b"engine"].decode())
+                          audio_seconds=float(row[b"audio_seconds"]), engine=row[b"engine"].decode(),
+                          owner=row.get(b"owner", b"").decode())
     except (KeyError, ValueError) as exc:
         raise EngineError(f"voiceprint {speaker_id!r} in Redis is malformed: {exc}") from exc
 
@@ -125,7 +128,7 @@ def _validated(vp: Voiceprint) -> Voiceprint:
     if not (np.isfinite(vp.created_at) and np.isfinite(vp.audio_seconds)):
         raise ValueError("created_at and audio_seconds must be finite")
     return Voiceprint(vp.speaker_id, str(vp.name), embedding, float(vp.created_at),
-                      float(vp.audio_seconds), str(vp.engine))
+                      float(vp.audio_seconds), str(vp.engine), str(vp.owner))
 
 
 def open_store(settings: RedisStoreSettings, hub: Hub) -> RedisVoiceprintStore:

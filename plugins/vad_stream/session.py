@@ -38,7 +38,7 @@ from asrhub.engine import SAMPLE_RATE, Audio, DenoiseStream, EngineError, Voicep
 from asrhub.executor import ExecutorBusy, ExecutorClosed, Priority
 from asrhub.hub import EngineKind
 from asrhub.language import LanguagePin, language_code
-from asrhub.protocol import Channel, CloseInfo, ProtocolContext, ProtocolError, Session
+from asrhub.protocol import Channel, CloseInfo, Credential, ProtocolContext, ProtocolError, Session
 from asrhub.segmenter import (
     SegmentEvent,
     SegmentPump,
@@ -164,6 +164,18 @@ class RegistrationLimiter:
         return True
 
 
+def may_overwrite(mode: str, owner: str, credential: Credential, *, registered_here: bool) -> bool:
+    """``speaker_overwrite``: may a client holding ``credential`` replace a voiceprint stored
+    with ``owner``? "owner" (and its old name "token"): the admin token, the same token scope
+    as the owner (a voiceprint without one has no owner to match), or the connection that
+    registered it; "always": anyone (the seed); "never": no client."""
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return credential.admin or registered_here or (bool(owner) and owner == credential.scope)
+
+
 class VadStreamSession(Session):
     def __init__(self, channel: Channel, ctx: ProtocolContext, settings: VadStreamSettings,
                  limiter: RegistrationLimiter | None = None) -> None:
@@ -171,7 +183,6 @@ class VadStreamSession(Session):
         self.settings = settings
         self.engines = Engines(ctx, settings)
         self.limiter = limiter or RegistrationLimiter(settings.speaker_registrations_per_minute)
-        self._token_required = bool(ctx.listener.token)
         self._registered: set[str] = set()  # ids this connection registered (may re-register)
         self.mode = Mode.STREAMING
         self._default_verification = (
@@ -434,7 +445,7 @@ class VadStreamSession(Session):
         self.send(msg.speaker_list([
             {"user_id": vp.speaker_id, "dimension": int(len(vp.embedding)),
              "registered_at": int(vp.created_at)}
-            for vp in voiceprints]))
+            for vp in voiceprints if self._visible(vp)]))
 
     def _enter(self, mode: Mode) -> None:
         """Switch modes; leaving streaming closes a speech segment still open."""
@@ -546,34 +557,48 @@ class VadStreamSession(Session):
             raise ProtocolError(ErrorCode.EMBEDDING_FAILED,
                                 "Failed to extract speaker embedding: no speech in the audio")
         embedding, engine_name = await self._embed(audio)
-        await self._check_registration(job.user_id)  # again: another client may have been faster
+        # again: another client may have been faster
+        owner = await self._check_registration(job.user_id)
         voiceprint = Voiceprint(speaker_id=job.user_id, name=job.user_id, embedding=embedding,
-                                created_at=time.time(), audio_seconds=duration, engine=engine_name)
+                                created_at=time.time(), audio_seconds=duration, engine=engine_name,
+                                owner=owner)
         await self._store_call(lambda store, vp: store.put(vp), voiceprint)
         self._registered.add(job.user_id)
         self.stats["registrations"] += 1
-        log.info("speaker_registered", user_id=job.user_id, audio_s=round(duration, 3))
+        log.info("speaker_registered", user_id=job.user_id, audio_s=round(duration, 3),
+                 owner=owner, admin=self.channel.credential.admin)
         self.send(msg.register_result(job.user_id, duration))
 
     # ------------------------------------------------------------------ speakers
 
-    async def _check_registration(self, user_id: str) -> None:
-        """Who may overwrite an existing voiceprint (``speaker_overwrite``), and the store's size."""
-        def look(store: Any, uid: str) -> tuple[bool, int]:
-            return store.get(uid) is not None, len(store.list())
+    async def _check_registration(self, user_id: str) -> str:
+        """Who may overwrite an existing voiceprint (``speaker_overwrite``), and the store's
+        size. Returns the owner to record: the client's token scope; an admin replacing
+        someone's voiceprint re-enrols it on the owner's behalf, so the owner stays."""
+        def look(store: Any, uid: str) -> tuple[Voiceprint | None, int]:
+            return store.get(uid), len(store.list())
 
-        exists, count = await self._store_call(look, user_id)
-        if exists:
-            mode = self.settings.speaker_overwrite
-            allowed = mode == "always" or (mode == "token" and (
-                self._token_required or user_id in self._registered))
-            if not allowed:
-                raise ProtocolError(ErrorCode.PROCESSING, f"Speaker {user_id} is already registered: "
-                                    "this server does not let clients overwrite voiceprints"
-                                    + (" without a token" if mode == "token" else ""))
-        elif count >= self.settings.speaker_max_voiceprints:
-            raise ProtocolError(ErrorCode.PROCESSING, "The voiceprint store is full "
-                                f"({self.settings.speaker_max_voiceprints} speakers)")
+        existing, count = await self._store_call(look, user_id)
+        credential = self.channel.credential
+        if existing is None:
+            if count >= self.settings.speaker_max_voiceprints:
+                raise ProtocolError(ErrorCode.PROCESSING, "The voiceprint store is full "
+                                    f"({self.settings.speaker_max_voiceprints} speakers)")
+            return credential.scope
+        if not may_overwrite(self.settings.speaker_overwrite, existing.owner, credential,
+                             registered_here=user_id in self._registered):
+            raise ProtocolError(ErrorCode.PROCESSING, f"Speaker {user_id} is already registered: "
+                                + ("this server does not let clients overwrite voiceprints"
+                                   if self.settings.speaker_overwrite == "never" else
+                                   "only the client that registered it (its token) or the admin "
+                                   "token may overwrite it"))
+        return existing.owner if credential.admin else credential.scope
+
+    def _visible(self, voiceprint: Voiceprint) -> bool:
+        """``speaker_list`` shows a client its own voiceprints (its token scope) and those
+        registered without a token; the admin token sees every one."""
+        credential = self.channel.credential
+        return credential.admin or voiceprint.owner in ("", credential.scope)
 
     async def _store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

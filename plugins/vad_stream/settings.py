@@ -23,7 +23,7 @@ Seed parameter → setting (defaults are the seed's unless noted):
 | ``SPEAKER_MAX_REGISTRATION_DURATION`` (30.0) | ``speaker_max_registration_s`` (audio past it is ignored) |
 | ``SPEAKER_VERIFICATION_REQUIRED`` (false) | ``speaker_verification_required`` |
 | ``SPEAKER_VERIFICATION_DEFAULT_USER`` ("") | ``speaker_verification_default_user`` |
-| 同一用户多次注册会覆盖 | ``speaker_overwrite`` = "token" (only with a token or from the registering connection; "always" is the seed), ``speaker_max_voiceprints``, ``speaker_registrations_per_minute`` |
+| 同一用户多次注册会覆盖 | ``speaker_overwrite`` = "owner" (only the admin token, the token it was registered with, or the registering connection; "always" is the seed), ``speaker_max_voiceprints``, ``speaker_registrations_per_minute`` |
 | 连接超时 60 s / Ping 间隔 20 s | ``heartbeat_s`` = 20 (a WebSocket ping after 20 s without a message from the client) and ``heartbeat_timeout_s`` = 40 (no pong and no message for 40 s more: closed), so a client silent for 60 s is dropped |
 
 The shared listener limits (``max_connections``, ``max_connections_per_peer``,
@@ -39,11 +39,27 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import structlog
+
 from asrhub.language import parse_language
 from asrhub.protocol import ListenerSettings
 
 if TYPE_CHECKING:
     from asrhub.hub import Hub
+
+log = structlog.get_logger("asrhub.vad_stream")
+
+
+_warned: set[str] = set()
+
+
+def _warn_deprecated_token_mode() -> None:
+    if "token" not in _warned:  # once per process: settings are validated at each (re)load
+        _warned.add("token")
+        log.warning("deprecated_setting", section="protocols.vad_stream",
+                    key="speaker_overwrite", value="token", use="owner",
+                    hint='"token" now means "owner": only the token that registered a voiceprint '
+                         "(or the admin token) may overwrite it")
 
 
 @dataclass(frozen=True)
@@ -80,10 +96,14 @@ class VadStreamSettings(ListenerSettings):
     speaker_verification_required: bool = False
     speaker_verification_default_user: str = ""
     # Who may register an id that already has a voiceprint (the seed: re-registering
-    # overwrites). "token": clients of a listener that requires a token (they proved they hold
-    # it), and the connection that registered it; without a token an existing id is refused
-    # (remove it with `asrhub speakers delete ID`). "always": anyone (the seed). "never": nobody.
-    speaker_overwrite: str = "token"
+    # overwrites). Each voiceprint records its owner: the scope of the token its client
+    # presented ("" without one). "owner": the [server] admin_token, a client presenting the
+    # owner's token, and the connection that registered it; a voiceprint without an owner
+    # (registered without a token, or stored before owners were) only the admin token and
+    # that connection. "always": anyone (the seed). "never": no client, the admin token
+    # included (`asrhub speakers delete ID` on the server removes one). "token" is the old
+    # name of "owner" (deprecated).
+    speaker_overwrite: str = "owner"
     speaker_max_voiceprints: int = 1000  # new ids are refused once the store holds this many
     speaker_registrations_per_minute: int = 6  # per client address (0 = no limit)
     # --- transport (the seed's 连接超时 60 s / Ping 间隔 20 s) and bounds
@@ -119,8 +139,10 @@ class VadStreamSettings(ListenerSettings):
             raise ValueError("speaker_min_registration_s exceeds speaker_max_registration_s")
         if self.batch_min_s > self.batch_max_s:
             raise ValueError("batch_min_s exceeds batch_max_s")
-        if self.speaker_overwrite not in ("token", "always", "never"):
-            raise ValueError('speaker_overwrite must be "token", "always" or "never"')
+        if self.speaker_overwrite not in ("owner", "always", "never", "token"):
+            raise ValueError('speaker_overwrite must be "owner", "always" or "never"')
+        if self.speaker_overwrite == "token":
+            _warn_deprecated_token_mode()
         if self.speaker_max_voiceprints < 1 or self.speaker_registrations_per_minute < 0:
             raise ValueError("speaker_max_voiceprints must be >= 1, "
                              "speaker_registrations_per_minute >= 0")

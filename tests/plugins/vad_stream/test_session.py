@@ -9,10 +9,10 @@ import pytest
 import pytest_asyncio
 
 from asrhub.hub import Hub
-from asrhub.protocol import CloseInfo
+from asrhub.protocol import ANONYMOUS, CloseInfo, Credential, token_scope
 from asrhub.testing import RecordingChannel, make_hub, wer
 from asrhub_plugins.vad_stream.messages import CODES, error_message
-from asrhub_plugins.vad_stream.session import Mode, VadStreamSession
+from asrhub_plugins.vad_stream.session import Mode, VadStreamSession, may_overwrite
 from asrhub_plugins.vad_stream.settings import VadStreamSettings
 
 from .conftest import (
@@ -294,6 +294,8 @@ def last_outcome(sent: list[dict]) -> dict:
 
 @pytest.mark.slow
 async def test_an_existing_voiceprint_is_only_overwritten_as_configured(hub):
+    t1, t2 = Credential(token_scope("t1")), Credential(token_scope("t2"))
+    admin = Credential(token_scope("adm"), admin=True)
     async with Driver(hub) as owner:
         assert last_outcome(await owner.feed(*register("owner")))["success"] is True
         # the connection that registered it may register it again (a retry)
@@ -302,13 +304,41 @@ async def test_an_existing_voiceprint_is_only_overwritten_as_configured(hub):
         sent = await other.feed(command("speaker_register_start", user_id="owner"))
         assert codes(sent) == [2] and "already registered" in sent[-1]["message"], sent
         assert other.session.mode is Mode.STREAMING
+    async with Driver(hub) as holder:  # a token: not the owner of an anonymous voiceprint
+        holder.channel.credential = t1
+        assert codes(await holder.feed(command("speaker_register_start", user_id="owner"))) == [2]
     async with Driver(hub, speaker_overwrite="always") as anyone:  # the seed's behaviour
+        anyone.channel.credential = t1
         assert last_outcome(await anyone.feed(*register("owner")))["success"] is True
-    async with Driver(hub) as holder:  # a listener that requires a token: its clients may
-        holder.session._token_required = True
-        assert last_outcome(await holder.feed(*register("owner")))["success"] is True
+    assert (await hub.voiceprints()).get("owner").owner == t1.scope  # the writer's now
+    async with Driver(hub) as same_token:  # another connection presenting t1: its owner
+        same_token.channel.credential = t1
+        assert last_outcome(await same_token.feed(*register("owner")))["success"] is True
+    async with Driver(hub, speaker_overwrite="token") as other_token:  # the old name of "owner"
+        other_token.channel.credential = t2
+        assert codes(await other_token.feed(command("speaker_register_start", user_id="owner"))) == [2]
+    async with Driver(hub) as admin_client:  # the admin re-enrols it; the owner stays
+        admin_client.channel.credential = admin
+        assert last_outcome(await admin_client.feed(*register("owner")))["success"] is True
+    assert (await hub.voiceprints()).get("owner").owner == t1.scope
     async with Driver(hub, speaker_overwrite="never") as nobody:
+        nobody.channel.credential = admin
         assert codes(await nobody.feed(command("speaker_register_start", user_id="owner"))) == [2]
+
+
+async def test_may_overwrite_rules():
+    t1, t2 = Credential("a" * 16), Credential("b" * 16)
+    admin = Credential("c" * 16, admin=True)
+    for mode in ("owner", "token"):
+        assert may_overwrite(mode, t1.scope, t1, registered_here=False)
+        assert not may_overwrite(mode, t1.scope, t2, registered_here=False)
+        assert may_overwrite(mode, t1.scope, admin, registered_here=False)
+        # no owner recorded: only the admin and the registering connection
+        assert not may_overwrite(mode, "", ANONYMOUS, registered_here=False)
+        assert may_overwrite(mode, "", ANONYMOUS, registered_here=True)
+        assert may_overwrite(mode, "", admin, registered_here=False)
+    assert may_overwrite("always", t1.scope, ANONYMOUS, registered_here=False)
+    assert not may_overwrite("never", "", admin, registered_here=True)
 
 
 @pytest.mark.slow
