@@ -277,9 +277,13 @@ def cmd_speakers(args: argparse.Namespace) -> int:
     audio = decode_file(args.file)
     speaker = hub.engine_sync("speaker")
     embedding = speaker.embed(audio)
+    # The shell is the machine's admin: it may replace any voiceprint, on its owner's behalf
+    # (the owner, a client token's scope, stays; see vad_stream's speaker_overwrite).
+    existing = store.get(args.speaker_id)
     store.put(Voiceprint(speaker_id=args.speaker_id, name=args.name or args.speaker_id,
                          embedding=embedding, created_at=_time.time(),
-                         audio_seconds=len(audio) / 16000, engine=speaker.name))
+                         audio_seconds=len(audio) / 16000, engine=speaker.name,
+                         owner=existing.owner if existing is not None else ""))
     print(f"enrolled {args.speaker_id} ({len(audio) / 16000:.1f} s)")
     return 0
 

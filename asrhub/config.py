@@ -274,6 +274,8 @@ def _check(value: Any, hint: Any, where: str) -> Any:
             try:
                 return _check(value, arg, where)
             except ConfigError as exc:
+                if isinstance(value, list) and typing.get_origin(arg) in (list, tuple):
+                    raise  # a list where a list may go: say what is wrong inside it
                 errors.append(str(exc))
         raise ConfigError(f"{where}: {value!r} has the wrong type")
     if origin in (list, tuple):

@@ -84,6 +84,15 @@ def test_token_is_a_string_or_a_list():
         parse_config({"server": {"admin_token": ["x"]}})
 
 
+def test_tokens_in_a_list_may_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ASRHUB_TEST_TEAM_A", "from-env")
+    config = parse_config({"server": {"token": ["env:ASRHUB_TEST_TEAM_A", "b"]}})
+    assert config.server.token == ["from-env", "b"]
+    monkeypatch.delenv("ASRHUB_TEST_TEAM_A")
+    with pytest.raises(ConfigError, match=r"token\[0\]: environment variable ASRHUB_TEST_TEAM_A"):
+        parse_config({"server": {"token": ["env:ASRHUB_TEST_TEAM_A", "b"]}})
+
+
 def test_check_config_validates_tokens(tmp_path, capsys):
     from asrhub.cli import main
 

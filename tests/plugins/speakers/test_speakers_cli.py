@@ -93,3 +93,27 @@ def test_list_and_delete_on_the_default_sqlite_store(tmp_path: Path) -> None:
     done = asrhub(cfg, "delete", "alice")
     assert done.returncode == 0 and "deleted alice" in done.stdout
     assert [vp.speaker_id for vp in store.list()] == ["bob"]  # the server's store sees it
+
+
+@pytest.mark.slow
+def test_enroll_over_a_clients_voiceprint_keeps_its_owner(tmp_path: Path, testdata: Path) -> None:
+    """The shell may replace any voiceprint (it is the machine's admin), on the owner's behalf:
+    the client token's scope that registered it keeps it."""
+    from asrhub_plugins.speakers.sqlite_store import SqliteVoiceprintStore
+
+    from .test_voiceprint_store import voiceprint
+
+    cfg = tmp_path / "default.toml"
+    cfg.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n')
+    store = SqliteVoiceprintStore(tmp_path / "state" / "voiceprints.sqlite3")
+    owned = voiceprint("leijun", 1)
+    owned.owner = "0123456789abcdef"
+    store.put(owned)
+    done = asrhub(cfg, "enroll", "leijun", str(testdata / "zh" / "srdata_enroll_leijun-sr-1.wav"))
+    assert done.returncode == 0, done.stderr
+    got = store.get("leijun")
+    assert got is not None and got.owner == "0123456789abcdef"
+    assert not np.array_equal(got.embedding, owned.embedding)  # replaced
+    done = asrhub(cfg, "enroll", "newcomer", str(testdata / "zh" / "srdata_enroll_leijun-sr-2.wav"))
+    assert done.returncode == 0, done.stderr
+    assert store.get("newcomer").owner == ""  # the shell owns nothing it creates
