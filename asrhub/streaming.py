@@ -22,7 +22,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -77,6 +77,9 @@ class StreamPump:
         self.max_backlog = int(max_backlog_s * SAMPLE_RATE)
         self.min_chunk = max(1, int(min_chunk_s * SAMPLE_RATE))
         self._flushing = False
+        self._finishing = False  # finish() takes the queued audio itself
+        self._accepting = asyncio.Event()  # set while the consumer is not in an accept call
+        self._accepting.set()
         self.audio_seconds = 0.0
         self.processing_seconds = 0.0
         self.last_call_seconds = 0.0
@@ -125,17 +128,18 @@ class StreamPump:
             while not self._closed:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._chunks and (self._queued >= self.min_chunk or self._flushing):
-                    chunks, self._chunks = self._chunks, []
-                    pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-                    self._queued -= len(pcm)
+                while (self._chunks and not self._finishing
+                       and (self._queued >= self.min_chunk or self._flushing)):
+                    pcm = self._take_queued()
                     self._inflight = len(pcm)
+                    self._accepting.clear()
                     try:
                         hyps = await self._call(self.stream.accept, pcm)
+                        if hyps or self.report_empty:
+                            await self.on_hypotheses(list(hyps or ()))
                     finally:
                         self._inflight = 0
-                    if hyps or self.report_empty:
-                        await self.on_hypotheses(list(hyps or ()))
+                        self._accepting.set()
                 if not self._chunks:
                     self._flushing = False
                     self._idle.set()
@@ -152,7 +156,13 @@ class StreamPump:
                 if inspect.isawaitable(result):
                     await result
 
-    async def _call(self, fn: Callable, *args: object) -> list[Hypothesis]:
+    def _take_queued(self) -> Audio:
+        chunks, self._chunks = self._chunks, []
+        pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        self._queued -= len(pcm)
+        return pcm
+
+    async def _call(self, fn: Callable, *args: object) -> Any:
         started = time.perf_counter()
         try:
             return await self.executor.run(fn, *args, priority=self.priority, engine=self.engine)
@@ -178,9 +188,36 @@ class StreamPump:
             raise self._error
 
     async def finish(self) -> list[Hypothesis]:
-        """Process the backlog, then end the stream; returns (and reports) the final hypotheses."""
-        await self.drain()
-        hyps = await self._call(self.stream.finish)
+        """Process the backlog, then end the stream; returns (and reports) the final hypotheses.
+
+        An ``accept`` already running completes (its hypotheses are reported); the audio still
+        queued goes to the stream together with the end, in one executor call, with partial
+        decodes off for it where the stream has that switch (``partials``): a partial decoded
+        just before the final would only make the client wait longer for the final."""
+        self._finishing = True
+        try:
+            while not self._accepting.is_set() and not self._task.done():
+                accepting = asyncio.ensure_future(self._accepting.wait())
+                try:
+                    await asyncio.wait({self._task, accepting}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    accepting.cancel()
+            if self._error is not None:
+                raise self._error
+            tail = self._take_queued() if self._chunks else None
+            if tail is not None:
+                self._inflight = len(tail)
+            try:
+                tail_hyps, hyps = await self._call(_accept_and_finish, self.stream, tail)
+            finally:
+                self._inflight = 0
+            if tail is not None and (tail_hyps or self.report_empty):
+                await self.on_hypotheses(list(tail_hyps))
+            if not self._chunks:
+                self._flushing = False
+                self._idle.set()
+        finally:
+            self._finishing = False
         if hyps:
             await self.on_hypotheses(hyps)
         return hyps
@@ -201,6 +238,21 @@ class StreamPump:
             await self._task
         except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
             pass
+
+
+def _accept_and_finish(stream: ASRStream, tail: Audio | None) -> tuple[list[Hypothesis], list[Hypothesis]]:
+    """``accept(tail)`` with partial decodes off (where the stream can), then ``finish()``."""
+    tail_hyps: list[Hypothesis] = []
+    if tail is not None and len(tail):
+        partials = getattr(stream, "partials", None)
+        if partials is not None:
+            stream.partials = False  # type: ignore[attr-defined]
+        try:
+            tail_hyps = list(stream.accept(tail) or ())
+        finally:
+            if partials is not None:
+                stream.partials = partials  # type: ignore[attr-defined]
+    return tail_hyps, list(stream.finish() or ())
 
 
 class LiveRecognizer:
