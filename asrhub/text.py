@@ -22,3 +22,13 @@ def join_texts(parts: list[str]) -> str:
             out += " "
         out += part
     return out
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode that UTF-8 can hold: JSON lets a client send a lone
+    surrogate (``"\\ud800"``), which a tokenizer, a database or a socket then refuses."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from asrhub.protocol import ProtocolError, loads
+from asrhub.text import encodable
 
 Mode = Literal["offline", "online", "2pass"]
 MODES: tuple[str, ...] = ("offline", "online", "2pass")
@@ -187,6 +188,8 @@ def parse_hotwords(value: Any) -> dict[str, int]:
         word = str(word).strip()
         if not word or len(word) > MAX_HOTWORD_CHARS:
             raise _bad(f"a hotword must have 1 to {MAX_HOTWORD_CHARS} characters: {word[:80]!r}")
+        if not encodable(word):
+            raise _bad(f"a hotword must be valid Unicode text: {word[:80]!r}")
         if isinstance(weight, str) and weight.strip().isdigit():
             weight = int(weight)
         if isinstance(weight, bool) or not isinstance(weight, int | float):

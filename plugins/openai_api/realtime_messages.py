@@ -30,6 +30,7 @@ import numpy as np
 from asrhub.audio import AudioError, pcm16le_to_float
 from asrhub.engine import Audio
 from asrhub.protocol import ProtocolError, loads
+from asrhub.text import encodable
 
 Dialect = Literal["ga", "beta"]
 InputFormat = Literal["pcm16", "g711_ulaw", "g711_alaw"]
@@ -206,8 +207,9 @@ def _transcription(value: Any, config: TranscriptionConfig, param: str,
     for key in ("model", "language", "prompt"):
         if key in value:
             item = value[key]
-            if item is not None and not isinstance(item, str):
-                raise invalid(f"{key} must be a string", param=f"{param}.{key}", event_id=event_id)
+            if item is not None and not (isinstance(item, str) and encodable(item)):
+                raise invalid(f"{key} must be a string of valid Unicode text",
+                              param=f"{param}.{key}", event_id=event_id)
             out[key] = (item or "").strip() or None
     if "model" in out and out["model"] is None:
         out["model"] = config.model

@@ -58,6 +58,10 @@ def test_hotwords(hotwords, expected):
     ('{"is_speaking": 2}', m.BAD_MESSAGE, True),
     ('{"svs_lang": "klingon!"}', m.BAD_CONFIG, True),
     ('{"wav_name": "' + "x" * 300 + '"}', m.BAD_CONFIG, True),
+    # a lone surrogate in a hotword reached the tokenizer (found by bench/fuzz.py)
+    ('{"hotwords": "{\\"\\ud800\\": 20}"}', m.BAD_CONFIG, True),
+    ('{"hotwords": "a,\\ud800"}', m.BAD_CONFIG, True),
+    ('{"hotwords": {"\\ud800": 20}}', m.BAD_CONFIG, True),
     ('{"audio_fs": 1' + "0" * 60 + "}", m.BAD_MESSAGE, False),  # a huge integer is not JSON here
 ])
 def test_bad_messages(message, code, fatal):
