@@ -168,12 +168,13 @@ def may_overwrite(mode: str, owner: str, credential: Credential, *, registered_h
     """``speaker_overwrite``: may a client holding ``credential`` replace a voiceprint stored
     with ``owner``? "owner" (and its old name "token"): the admin token, the same token scope
     as the owner (a voiceprint without one has no owner to match), or the connection that
-    registered it; "always": anyone (the seed); "never": no client."""
+    registered it (while it is still its scope's: not after the id was deleted and someone
+    else took it); "always": anyone (the seed); "never": no client."""
     if mode == "always":
         return True
     if mode == "never":
         return False
-    return credential.admin or registered_here or (bool(owner) and owner == credential.scope)
+    return credential.admin or (owner == credential.scope and (bool(owner) or registered_here))
 
 
 class VadStreamSession(Session):

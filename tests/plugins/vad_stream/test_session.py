@@ -337,6 +337,9 @@ async def test_may_overwrite_rules():
         assert not may_overwrite(mode, "", ANONYMOUS, registered_here=False)
         assert may_overwrite(mode, "", ANONYMOUS, registered_here=True)
         assert may_overwrite(mode, "", admin, registered_here=False)
+        # registered here, but since deleted and taken by another scope: no longer this one's
+        assert not may_overwrite(mode, t2.scope, t1, registered_here=True)
+        assert not may_overwrite(mode, t1.scope, ANONYMOUS, registered_here=True)
     assert may_overwrite("always", t1.scope, ANONYMOUS, registered_here=False)
     assert not may_overwrite("never", "", admin, registered_here=True)
 
