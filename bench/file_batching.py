@@ -14,6 +14,18 @@ language given, not conditioned on previous text):
 - ``asrhub``: the hub's Whisper engine (``hub.engine_sync("asr").transcribe``: what ``asrhub
   transcribe``, the OpenAI API and file transcription call).
 
+``asrhub`` is the hub's engine at its defaults: since issue 14's decision, English audio over 30 s
+goes through the same batched pipeline (``file_batch_size`` chunks per call), so its row should
+match ``batched 8``; ``asrhub sequential`` is the engine with ``file_batch_size = 1`` (the path of
+before).
+
+``--live``: does a live stream suffer while a long file transcribes? In one hub (its inference
+executor, as the servers use it), the long file is transcribed over and over at batch priority
+(as the file protocols do) while live streams (``engine.open_stream``, fed testdata utterances
+in 64 ms chunks at real-time pace, at live priority) each end with ``finish``; the time from
+``finish`` to the final is the stop -> final latency. Measured alone, beside the sequential file
+path and beside the batched one (``--live-sizes``).
+
 The files are real testdata recordings joined with short pauses (the ones
 ``bench/hub_overhead.py`` builds, plus a longer one). Every variant runs each file ``--repeats``
 times, the order of variants alternating run by run; the fastest run counts. CPU seconds are the
@@ -22,16 +34,19 @@ process's user + system time over the call (both cores count). Prints the table 
 
     .venv/bin/python bench/file_batching.py --model tiny.en
     .venv/bin/python bench/file_batching.py --model base --append
+    .venv/bin/python bench/file_batching.py --model tiny.en --live --append
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import os
 import platform
 import resource
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -104,16 +119,19 @@ def variants(model_name: str) -> dict[str, Callable[[np.ndarray], str]]:
             return " ".join(s.text.strip() for s in segments)
         return run
 
-    hub = Hub(parse_config({"engines": {"whisper": {"model": model_name, "language": "en"}}}),
-              make_plugin_manager())
-    engine = hub.engine_sync("asr")
+    def hub_engine(**whisper: Any) -> Callable[[np.ndarray], str]:
+        hub = Hub(parse_config({"engines": {"whisper": {"model": model_name, "language": "en",
+                                                        **whisper}}}), make_plugin_manager())
+        engine = hub.engine_sync("asr")
 
-    def asrhub(audio: np.ndarray) -> str:
-        return engine.transcribe(audio, language="en").text
+        def run(audio: np.ndarray) -> str:
+            return engine.transcribe(audio, language="en").text
+        return run
 
     out = {"sequential": sequential(False), "sequential+vad": sequential(True)}
     out.update({f"batched {n}": batched(n) for n in BATCH_SIZES})
-    out["asrhub"] = asrhub
+    out["asrhub"] = hub_engine()
+    out["asrhub sequential"] = hub_engine(file_batch_size=1)
     return out
 
 
@@ -169,6 +187,93 @@ def table(files: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> li
     return lines + totals
 
 
+# ----------------------------------------------------------------------- --live
+
+LIVE_CHUNK = 1024  # 64 ms, as the streaming clients send
+
+
+async def live_utterances(executor: Any, engine: Any, clips: list[tuple[np.ndarray, str]]
+                          ) -> list[dict[str, float]]:
+    """Each clip as one live stream at real-time pace; stop -> final latency and WER."""
+    from asrhub.executor import Priority
+
+    out = []
+    for audio, reference in clips:
+        stream = await executor.run(engine.open_stream, language="en", priority=Priority.LIVE,
+                                    flow="live")
+        started = time.perf_counter()
+        for sent in range(0, len(audio), LIVE_CHUNK):
+            await executor.run(stream.accept, audio[sent:sent + LIVE_CHUNK],
+                               priority=Priority.LIVE, flow="live")
+            ahead = started + (sent + LIVE_CHUNK) / RATE - time.perf_counter()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        stop = time.perf_counter()
+        finals = await executor.run(stream.finish, priority=Priority.LIVE, flow="live")
+        latency = time.perf_counter() - stop
+        text = " ".join(h.text for h in finals if h.is_final)
+        out.append({"latency": latency, "wer": wer(reference, text)})
+    return out
+
+
+async def live_phase(executor: Any, engine: Any, clips: list[tuple[np.ndarray, str]],
+                     file_audio: np.ndarray | None) -> dict[str, Any]:
+    from asrhub.executor import Priority
+
+    done = asyncio.Event()
+    files = 0
+
+    async def file_loop() -> None:
+        nonlocal files
+        while not done.is_set():
+            await executor.run(engine.transcribe, file_audio, language="en",
+                               priority=Priority.BATCH, flow="file")
+            files += 1
+
+    task = asyncio.create_task(file_loop()) if file_audio is not None else None
+    if task is not None:
+        await asyncio.sleep(1.0)  # the file is well into its first call
+    results = await live_utterances(executor, engine, clips)
+    done.set()
+    if task is not None:
+        await task
+    latencies = sorted(r["latency"] for r in results)
+    return {"median": statistics.median(latencies), "max": latencies[-1],
+            "wer": statistics.mean(r["wer"] for r in results), "n": len(results), "files": files}
+
+
+def measure_live(model: str, file: dict[str, Any], sizes: list[int], rounds: int) -> list[str]:
+    from asrhub.config import parse_config
+    from asrhub.hub import Hub
+    from asrhub.plugins import make_plugin_manager
+
+    rows = manifest()
+    clips = [(decode_file(testdata_dir() / name), rows[name]["transcript"])
+             for name in (READER * rounds)]
+    file_audio = decode_file(file["path"])
+    lines = [f"Live streams (one at a time, {len(clips)} utterances of "
+             f"{sum(len(a) for a, _ in clips) / RATE / len(clips):.1f} s on average) beside "
+             f"{file['name']} ({file['seconds']:.0f} s) transcribed over and over at batch "
+             "priority:", "",
+             "| file path | stop -> final median s | max s | final WER | files done |",
+             "|---|---|---|---|---|"]
+    for label, size in [("no file (alone)", None)] + [
+            (f"file_batch_size {n}" + (" (sequential)" if n == 1 else ""), n) for n in sizes]:
+        hub = Hub(parse_config({"engines": {"whisper": {"model": model, "language": "en",
+                                                        "file_batch_size": size or 1}}}),
+                  make_plugin_manager())
+        engine = hub.engine_sync("asr")
+        executor = hub.make_executor()
+        engine.transcribe(file_audio[:RATE * 40], language="en")  # warm
+        result = asyncio.run(live_phase(executor, engine, clips,
+                                        None if size is None else file_audio))
+        print(f"  {label}: {result}", flush=True)
+        lines.append(f"| {label} | {result['median']:.2f} | {result['max']:.2f} "
+                     f"| {result['wer']:.3f} | {result['files'] if size else '-'} |")
+        hub.unload_engines()
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny.en")
@@ -177,15 +282,24 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"
                                              / "file_batching.md"))
     parser.add_argument("--append", action="store_true", help="add a section to --out")
+    parser.add_argument("--live", action="store_true",
+                        help="stop -> final of live streams beside a long file instead")
+    parser.add_argument("--live-sizes", default="1,8", help="file_batch_size values (--live)")
+    parser.add_argument("--live-rounds", type=int, default=1,
+                        help="rounds of the 5 reader clips as live utterances (--live)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     with tempfile.TemporaryDirectory() as folder:
-        files = make_files(Path(folder)) + [long_file(Path(folder), args.minutes)]
-        results = measure(args.model, files, args.repeats)
-    lines = table(files, results)
+        if args.live:
+            lines = measure_live(args.model, long_file(Path(folder), args.minutes),
+                                 [int(n) for n in args.live_sizes.split(",")], args.live_rounds)
+        else:
+            files = make_files(Path(folder)) + [long_file(Path(folder), args.minutes)]
+            lines = table(files, measure(args.model, files, args.repeats))
     print("\n".join(lines))
-    section = [f"## Whisper {args.model}", "",
+    title = f"## Whisper {args.model}" + (": live streams beside a long file" if args.live else "")
+    section = [title, "",
                f"{started} · {platform.machine()} · {os.cpu_count()} cores · Python "
                f"{platform.python_version()} · load average before "
                f"{'/'.join(f'{x:.2f}' for x in load_before)}, after "

@@ -7,6 +7,8 @@ Two decoding paths:
 - Files (:meth:`WhisperEngine.transcribe`) go through faster-whisper's ``transcribe`` (30 s
   windows, timestamps, word timestamps, temperature fallback, optional VAD filter). Clips of
   at most :data:`SHORT_CLIP_S` without word timestamps take the utterance path below instead.
+  Audio over :data:`BATCHED_MIN_S` takes faster-whisper's batched pipeline when
+  ``file_batch_size`` > 1 (see *Batched files* below).
 - Utterances (:meth:`WhisperEngine.decode`, used by the streams and by
   :meth:`WhisperEngine.transcribe_utterance`) call CTranslate2 directly: one encoder pass, the
   language (when not given) read off that same encoder output, then one greedy/beam decode
@@ -23,6 +25,47 @@ later, use the 10 s minimum. A looping, truncated or sentence-repeating decode i
 with 30 s; a sentence Whisper still repeats at 30 s is kept once
 (:func:`~asrhub_plugins.whisper.text.collapse_repeated_sentences`).
 
+Batched files. Issue 14 asked for a batched pipeline for long files where it beats sequential
+decoding on CPU at equal WER; measured (bench/results/file_batching.md, 2 cores, tiny.en):
+faster-whisper's :class:`~faster_whisper.BatchedInferencePipeline` took 0.66-0.77x the
+sequential time at equal or lower WER. Much of that comes from what it leaves out, not from
+batched encoder passes (on CPU a batch of long windows encodes no faster than one by one, see
+:mod:`.batching`): Silero cuts the audio into speech chunks of up to 30 s (no silence decoded,
+no 30 s windows re-decoded from the last timestamp) and the decoder writes no timestamp tokens;
+the decoder's token steps are shared by a batch (batch 4: 0.77x, 16: 0.66x). So:
+
+- English transcription of audio over :data:`BATCHED_MIN_S` (30 s, so that there is something
+  to batch: the 20-30 s pieces of the OpenAI API and the file protocol keep the paths above),
+  with or without word timestamps, goes through it (word times within 10 ms of the sequential
+  path's, median; 30 ms at the 90th percentile). Other languages and the translate task keep
+  the sequential decoder: on 52 s of joined Chinese testdata clips Whisper base without
+  timestamps skipped whole sentences (CER 37 % batched against 12 % sequential; 26-45 % with
+  20 or 15 s chunks or the hub's own plan). ``language`` None is detected first (as
+  faster-whisper does: on the first 30 s), then decides the path. A per-call ``prompt``, a fixed
+  ``temperature`` or ``condition_on_previous`` (which the pipeline does not support) keep the
+  sequential decoder too. The configured ``initial_prompt`` is given to every chunk, as to every
+  live utterance.
+- Chunks: the pipeline's own Silero pass (speech regions merged up to 30 s), not the hub's speech
+  plan (:func:`asrhub.segmenter.plan_pieces` over the VAD engine's regions, passed as
+  ``clip_timestamps``): on the 4-minute bench file the hub's plan scored WER 9.1 % against 8.4 %
+  (tiny.en), and no faster within the noise of a shared machine (the VAD pass is ~0.5 s of a
+  7-10 s decode either way); the pipeline drops the silence inside a chunk, the plan keeps it.
+  So the batched path always decodes speech only, whatever ``vad_filter`` says (that setting is
+  the sequential path's).
+- Each chunk is one segment (its speech span; no timestamp tokens): coarser than the sequential
+  path's sentences, which subtitles do not need (they are cut at word timestamps). Asking the
+  pipeline for timestamps instead cost words (WER 13.9 % against 8.4 %: it never re-decodes the
+  tail after a chunk's last timestamp).
+- What the sequential path does and the pipeline does not is done here: a chunk that loops
+  (compression ratio > 2.4 or repeated n-grams) is decoded again sequentially with the
+  temperature fallback; a chunk Whisper calls silence (no-speech probability > 0.6 and mean
+  log-probability < -1) is dropped.
+- Live streams first: a batch holds the model (one CTranslate2 call) for all its chunks, so
+  while a live decode is running or waiting, or a live stream was in an utterance or asked for
+  a decode in the last :data:`LIVE_RECENT_S`, the file goes on one chunk per call
+  (:meth:`WhisperEngine.file_batch_now`). Measured stop -> final of a live stream beside a
+  long file: bench/results/file_batching.md.
+
 Thread safety: every method may be called from several threads. Utterance decodes from
 different threads meet in the batcher; file decodes go to CTranslate2, which runs at most
 ``num_workers`` calls at once and queues the rest. :attr:`WhisperEngine.busy` tells streams
@@ -32,6 +75,7 @@ when the model is occupied so that they can put off a partial result rather than
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 import time
@@ -84,6 +128,8 @@ MAX_NEW_TOKENS = 224
 MAX_LENGTH = 448  # the decoder's positions: prompt + generated tokens
 FEATURE_TAIL = SAMPLE_RATE  # silence after the audio whose log-mel frames are computed
 SHORT_CLIP_S = 20.0
+BATCHED_MIN_S = 30.0  # longer audio may take the batched pipeline (file_batch_size > 1)
+LIVE_RECENT_S = 5.0  # a live decode this recent makes file batches one chunk long
 # faster-whisper's defaults for dropping silence and detecting loops.
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
@@ -207,8 +253,10 @@ class WhisperEngine:
         self._own_vad: VADEngine | None = None
         self._guard = threading.Lock()
         self._inflight = 0
+        self._live_at = -math.inf  # perf_counter of the last live decode asked for
         self.decodes = 0
         self.decode_seconds = 0.0
+        self.batched_chunks = 0  # speech chunks decoded by the batched file pipeline
         self._eot = self._tokenizer("en").eot
         batching = placement.batching  # the CPU settings, or their gpu_ twins on a GPU
         self.batcher = DecodeBatcher(
@@ -287,6 +335,8 @@ class WhisperEngine:
             language = "en"
         previous = previous_text.strip()
         call = current_call()
+        if call is None or call.priority is Priority.LIVE:
+            self.note_live()
         request = DecodeRequest(
             features=self._features(audio, window), window=window, language=language,
             previous=self._previous_prompt(previous), budget=token_budget(duration),
@@ -435,6 +485,16 @@ class WhisperEngine:
             if progress is not None:
                 progress(1.0)
             return Transcript(decoded.text, decoded.language, duration, segments)
+        if (self.settings.file_batch_size > 1 and duration > BATCHED_MIN_S and not prompt
+                and not temperature and not self.settings.condition_on_previous
+                and (task == "transcribe" or not self.multilingual)):
+            if lang is None:
+                # Detected here as faster-whisper would (its first 30 s), once for either path.
+                with self._running():
+                    lang = self._model.detect_language(audio)[0]
+            if lang == "en":
+                return self._transcribe_batched(audio, lang, word_timestamps=word_timestamps,
+                                                progress=progress, task=task)
         with self._running():
             pieces, info = self._model.transcribe(
                 audio,
@@ -451,20 +511,93 @@ class WhisperEngine:
             )
             segments = []
             for piece in pieces:
-                text = self._script.apply(collapse_repeated_sentences(piece.text.strip()),
-                                          info.language)
-                # Whisper may place the last timestamp at the end of its 30 s window.
-                words = [Word(min(w.start, duration), min(w.end, duration),
-                              self._script.apply(w.word, info.language), w.probability)
-                         for w in piece.words or ()]
-                segments.append(Segment(min(piece.start, duration), min(piece.end, duration),
-                                        text, words,
-                                        confidence=float(min(1.0, math.exp(piece.avg_logprob)))))
+                segments.append(self._segment(piece, info.language, duration))
                 if progress is not None and duration > 0:
                     progress(min(1.0, piece.end / duration))
         if progress is not None:
             progress(1.0)
         return Transcript(join_texts([s.text for s in segments]), info.language, duration, segments)
+
+    def note_live(self) -> None:
+        """A live stream is in an utterance (its final will be asked for): see
+        :meth:`file_batch_now`. Live decodes note themselves."""
+        self._live_at = time.perf_counter()
+
+    def file_batch_now(self) -> int:
+        """Speech chunks the next batched file call may hold: ``file_batch_size``, or 1 while
+        a live decode runs or waits, or a live stream was in an utterance or asked for a decode
+        in the last :data:`LIVE_RECENT_S`."""
+        if self.batcher.busy or time.perf_counter() - self._live_at < LIVE_RECENT_S:
+            return 1
+        return self.settings.file_batch_size
+
+    def _transcribe_batched(self, audio: Audio, language: str | None, *, word_timestamps: bool,
+                            progress: ProgressCallback | None,
+                            task: Literal["transcribe", "translate"]) -> Transcript:
+        """Audio over :data:`BATCHED_MIN_S` through faster-whisper's batched pipeline (see the
+        module docstring): speech chunks of up to 30 s, one segment each."""
+        duration = len(audio) / SAMPLE_RATE
+        prompt = self.settings.initial_prompt.strip()
+        pipeline = _live_first_pipeline()(self._model, self.file_batch_now)
+        segments: list[Segment] = []
+        with self._running():
+            pieces, info = pipeline.transcribe(
+                audio,
+                language=language,
+                task=task,
+                beam_size=self.settings.beam_size,
+                word_timestamps=word_timestamps,
+                without_timestamps=True,
+                initial_prompt=" " + prompt if prompt else None,
+                batch_size=self.settings.file_batch_size,
+                vad_filter=True,
+                condition_on_previous_text=False,
+            )
+            for piece in pieces:
+                self.batched_chunks += 1  # one segment per chunk (no timestamp tokens)
+                if (piece.no_speech_prob > NO_SPEECH_THRESHOLD
+                        and piece.avg_logprob < LOGPROB_THRESHOLD):
+                    continue  # Whisper's own verdict: silence (the sequential path drops it too)
+                if (piece.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+                        or _repeats_itself(list(piece.tokens))):
+                    segments += self._redo_sequentially(audio, piece.start, piece.end,
+                                                        info.language, word_timestamps, task)
+                else:
+                    segments.append(self._segment(piece, info.language, duration))
+                if progress is not None and duration > 0:
+                    progress(min(1.0, piece.end / duration))
+        if progress is not None:
+            progress(1.0)
+        return Transcript(join_texts([s.text for s in segments]), info.language, duration,
+                          [s for s in segments if s.text])
+
+    def _redo_sequentially(self, audio: Audio, start: float, end: float, language: str,
+                           word_timestamps: bool,
+                           task: Literal["transcribe", "translate"]) -> list[Segment]:
+        """A chunk the batched pipeline looped on, decoded again as the sequential path does
+        (timestamps, temperature fallback); times absolute."""
+        log.debug("whisper_batched_chunk_redone", start=start, end=end)
+        first = max(0, int(start * SAMPLE_RATE))
+        part = audio[first:int(end * SAMPLE_RATE)]
+        pieces, _ = self._model.transcribe(
+            part, language=language, task=task, beam_size=self.settings.beam_size,
+            word_timestamps=word_timestamps, condition_on_previous_text=False,
+            initial_prompt=self.settings.initial_prompt or None)
+        offset = first / SAMPLE_RATE
+        duration = len(audio) / SAMPLE_RATE
+        return [self._segment(piece, language, duration, offset) for piece in pieces]
+
+    def _segment(self, piece, language: str, duration: float,  # piece: faster_whisper Segment
+                 offset: float = 0.0) -> Segment:
+        """A faster-whisper segment as the hub's: repeated sentences once, the configured
+        Chinese script, times moved by ``offset`` and clipped to ``duration`` (Whisper may place
+        the last timestamp at the end of its 30 s window)."""
+        text = self._script.apply(collapse_repeated_sentences(piece.text.strip()), language)
+        words = [Word(min(w.start + offset, duration), min(w.end + offset, duration),
+                      self._script.apply(w.word, language), w.probability)
+                 for w in piece.words or ()]
+        return Segment(min(piece.start + offset, duration), min(piece.end + offset, duration),
+                       text, words, confidence=float(min(1.0, math.exp(piece.avg_logprob))))
 
     # ------------------------------------------------------------------ streaming
 
@@ -481,6 +614,31 @@ class WhisperEngine:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._ct2.unload_model()
+
+
+@functools.cache
+def _live_first_pipeline():  # -> type[faster_whisper.BatchedInferencePipeline], built lazily
+    from faster_whisper import BatchedInferencePipeline
+
+    class LiveFirstPipeline(BatchedInferencePipeline):
+        """faster-whisper's batched pipeline, whose batches shrink while live streams decode:
+        ``batch_now()`` is asked before each engine call how many chunks it may hold."""
+
+        def __init__(self, model, batch_now: Callable[[], int]) -> None:
+            super().__init__(model)
+            self._batch_now = batch_now
+
+        def forward(self, features, tokenizer, chunks_metadata, options):
+            results: list = []
+            done = 0
+            while done < len(features):
+                size = max(1, self._batch_now())
+                results += super().forward(features[done:done + size], tokenizer,
+                                           chunks_metadata[done:done + size], options)
+                done += size
+            return results
+
+    return LiveFirstPipeline
 
 
 def _placement(settings: WhisperSettings) -> Placement:

@@ -163,6 +163,7 @@ class WhisperStream:
         for event in self._vad.accept(pcm):
             out += self._on_event(event)
         if self._utterance is not None:
+            self._engine.note_live()  # a final is on its way: file batches make room
             out += self._update(self._utterance)
         keep_from = self._utterance.start if self._utterance is not None else self._clock
         self._audio.discard_before(min(keep_from, self._clock - HISTORY))

@@ -1,0 +1,118 @@
+"""Issue 14: long English files through faster-whisper's batched pipeline (``file_batch_size``).
+
+A multi-minute real recording (testdata clips with human transcripts, joined with pauses, as
+tests/test_long_files.py builds it) must come out of the batched path as accurately as out of
+the sequential one, with absolute, ordered, in-range times. Speed is bench/file_batching.py's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asrhub.engine import SAMPLE_RATE, Transcript
+from asrhub.testing import long_recording
+from asrhub_plugins.whisper.engine import BATCHED_MIN_S, WhisperEngine
+from asrhub_plugins.whisper.settings import WhisperSettings
+
+from .conftest import cer, read16k, wer
+
+WER_MARGIN = 0.02  # batched may be at most this much worse than sequential
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory: pytest.TempPathFactory) -> WhisperEngine:
+    engine = WhisperEngine(WhisperSettings(model="tiny.en", file_batch_size=1),
+                           state_dir=tmp_path_factory.mktemp("tiny-sequential"))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, str]:
+    path = tmp_path_factory.mktemp("long") / "long.wav"
+    reference = long_recording(path, 150.0)
+    return read16k(path), reference
+
+
+def check_times(transcript: Transcript) -> None:
+    segments = transcript.segments
+    assert segments
+    for seg in segments:
+        assert 0.0 <= seg.start <= seg.end <= transcript.duration
+        assert seg.text.strip()
+        assert 0.0 < seg.confidence <= 1.0
+    for before, after in zip(segments, segments[1:], strict=False):
+        assert before.end <= after.start + 1e-6
+    words = [w for seg in segments for w in seg.words]
+    for word in words:
+        assert 0.0 <= word.start <= word.end <= transcript.duration
+    assert [w.start for w in words] == sorted(w.start for w in words)
+
+
+@pytest.mark.slow  # two decodes of 2.5 minutes (and two more with word timestamps): ~30 s
+@pytest.mark.parametrize("word_timestamps", [False, True])
+def test_long_recording_batched_as_accurate_as_sequential(
+        tiny: WhisperEngine, sequential: WhisperEngine, recording, word_timestamps: bool) -> None:
+    audio, reference = recording
+    assert len(audio) / SAMPLE_RATE > 120
+    chunks, fractions = tiny.batched_chunks, []
+    batched = tiny.transcribe(audio, language="en", word_timestamps=word_timestamps,
+                              progress=fractions.append)
+    assert tiny.batched_chunks - chunks >= 5  # 2.5 minutes of speech in chunks of <= 30 s
+    plain = sequential.transcribe(audio, language="en", word_timestamps=word_timestamps)
+    assert sequential.batched_chunks == 0
+    assert batched.language == "en" and batched.duration == pytest.approx(len(audio) / SAMPLE_RATE)
+    assert wer(reference, batched.text) <= wer(reference, plain.text) + WER_MARGIN
+    assert wer(reference, batched.text) < 0.12
+    check_times(batched)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 5
+    if word_timestamps:
+        assert sum(len(seg.words) for seg in batched.segments) >= 0.9 * len(reference.split())
+
+
+def test_short_audio_prompts_and_temperatures_keep_the_sequential_path(tiny: WhisperEngine,
+                                                                      clip) -> None:
+    audio = np.concatenate([clip(f"en/pocketsphinx_librivox_ss01_{n:04d}.wav") for n in (870, 880)])
+    assert len(audio) / SAMPLE_RATE < BATCHED_MIN_S
+    chunks = tiny.batched_chunks
+    tiny.transcribe(audio, language="en", word_timestamps=True)
+    long_audio = np.concatenate([audio] * 4)
+    tiny.transcribe(long_audio, language="en", prompt="Chapter one.")
+    tiny.transcribe(long_audio, language="en", temperature=0.4)
+    assert tiny.batched_chunks == chunks
+
+
+def test_live_streams_shrink_file_batches(tiny: WhisperEngine, monkeypatch) -> None:
+    monkeypatch.setattr(tiny, "_live_at", -math.inf)
+    assert tiny.file_batch_now() == tiny.settings.file_batch_size > 1
+    tiny.note_live()  # a live stream is in an utterance
+    assert tiny.file_batch_now() == 1
+
+
+@pytest.mark.parametrize("size", [0, 65])
+def test_file_batch_size_is_validated(size: int) -> None:
+    with pytest.raises(ValueError, match="file_batch_size"):
+        WhisperSettings(model="tiny.en", file_batch_size=size).validate()
+
+
+@pytest.mark.slow  # the multilingual model on ~50 s of Mandarin: ~15 s
+def test_base_detects_mandarin_and_keeps_the_sequential_path(base: WhisperEngine, testdata: Path,
+                                                             transcripts) -> None:
+    """Whisper without timestamps skipped Mandarin sentences (module docstring of the engine):
+    a long Mandarin file is detected as such and decoded sequentially, in simplified script."""
+    names = ["zh/funasr_asr_example.wav", "zh/funasr_csharp_example_1.wav",
+             "zh/funasr_csharp_example_2.wav", "zh/funasr_llamacpp_sample.wav",
+             "zh/paddlespeech_zh.wav", "zh/sherpa_sense_voice_zh.wav"]
+    gap = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    audio = np.concatenate([x for name in names * 2 for x in (read16k(testdata / name), gap)])
+    assert len(audio) / SAMPLE_RATE > BATCHED_MIN_S
+    chunks = base.batched_chunks
+    transcript = base.transcribe(audio, language=None)
+    assert transcript.language == "zh"
+    assert base.batched_chunks == chunks
+    assert cer("".join(transcripts[name] for name in names * 2), transcript.text) < 0.25
+    assert "歡" not in transcript.text and "體" not in transcript.text
