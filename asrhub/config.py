@@ -59,6 +59,10 @@ class ExecutorConfig:
     workers: int = 16
     max_pending: int = 64
     busy_timeout: float = 30.0
+    # File jobs (uploads, the OpenAI API, batch mode) running at once, so that live streams always
+    # find workers and their finals do not queue behind a burst of uploads' decode windows
+    # (0 = as many as workers). On 2 cores two file decodes already use the whole CPU.
+    batch_workers: int = 2
     # Per-engine limit of calls running at once (0 = as many as workers).
     engine_concurrency: dict[str, int] = field(default_factory=dict)
     # Scheduling priority of inference threads relative to the event loop (Linux nice, 0-19).
@@ -164,6 +168,8 @@ def parse_config(data: dict[str, Any], *, source: str = "(built-in defaults)") -
     executor = build_settings(ExecutorConfig, _table(data, "executor", source), f"{source}: [executor]")
     if executor.workers < 1 or executor.max_pending < 1:
         raise ConfigError(f"{source}: [executor] workers and max_pending must be >= 1")
+    if executor.batch_workers < 0:
+        raise ConfigError(f"{source}: [executor] batch_workers must be >= 0 (0 = no limit)")
     return Config(
         server=build_settings(ServerConfig, _table(data, "server", source), f"{source}: [server]"),
         executor=executor,

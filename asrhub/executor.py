@@ -12,6 +12,11 @@
   + 1, and the lowest tag goes next (first come first served among equal tags). A client that
   queues many calls gets one turn in every round, behind every other client's waiting call;
   a new connection queues at the current round, not ahead of those already waiting.
+- Room kept for live audio: at most ``batch_workers`` file jobs (:attr:`Priority.BATCH`) run at
+  once, whatever the number of workers. Workers mostly wait (in the Whisper batcher, in
+  CTranslate2's queue), so without this a burst of uploads filled every worker, and every one
+  of their decode windows queued in CTranslate2 ahead of a live stream's final (seen in
+  bench/fuzz.py: a stream's final took 15 s while uploads poured in).
 - Per-engine limits: ``engine_limits["whisper"] = 1`` keeps at most one call of that engine
   running at once, whatever the number of workers.
 - Context: the caller's contextvars (structlog's bound context) are copied into the worker, and
@@ -124,8 +129,10 @@ class InferenceExecutor:
         engine_limits: dict[str, int] | None = None,
         on_done: Callable[[str | None, Priority, float, float, bool], None] | None = None,
         worker_nice: int = 0,
+        batch_workers: int = 0,
     ) -> None:
         self.worker_nice = worker_nice
+        self.batch_workers = batch_workers  # 0: no limit
         self.workers = workers
         self.max_pending = max_pending
         self.busy_timeout = busy_timeout
@@ -133,6 +140,7 @@ class InferenceExecutor:
         self._on_done = on_done
         self._queues: dict[Priority, collections.deque[_Job]] = {p: collections.deque() for p in Priority}
         self._running: collections.Counter[str] = collections.Counter()
+        self._running_batch = 0
         self._vtime = 0  # the tag of the last call taken
         self._next_tag: dict[str, int] = {}  # flow -> the tag its next call gets at the earliest
         self._cond = threading.Condition()
@@ -249,6 +257,9 @@ class InferenceExecutor:
         job (its engine has room), the one with the lowest fair-queuing tag (oldest first)."""
         for priority in Priority:
             queue = self._queues[priority]
+            if (priority is Priority.BATCH and self.batch_workers
+                    and self._running_batch >= self.batch_workers):
+                continue
             best = -1
             for index, job in enumerate(queue):
                 limit = self.engine_limits.get(job.engine or "", 0)
@@ -283,6 +294,7 @@ class InferenceExecutor:
                 self._pending -= 1
                 self._busy += 1
                 self._running[job.engine or ""] += 1
+                self._running_batch += job.priority is Priority.BATCH
             started = time.perf_counter()
             failed = False
             try:
@@ -300,6 +312,7 @@ class InferenceExecutor:
                 with self._cond:
                     self._busy -= 1
                     self._running[job.engine or ""] -= 1
+                    self._running_batch -= job.priority is Priority.BATCH
                     self._completed += 1
                     self._failed += failed
                     self._waits.append(started - job.submitted)

@@ -284,7 +284,8 @@ class Hub:
         self._executor = InferenceExecutor(cfg.workers, cfg.max_pending, cfg.busy_timeout,
                                            dict(cfg.engine_concurrency),
                                            on_done=self.metrics.observe_inference,
-                                           worker_nice=cfg.worker_nice)
+                                           worker_nice=cfg.worker_nice,
+                                           batch_workers=cfg.batch_workers)
         return self._executor
 
     def counter(self, protocol: str) -> ProtocolCounters:

@@ -86,6 +86,29 @@ async def test_flows_take_turns_within_a_priority():
         await ex.shutdown()
 
 
+async def test_file_jobs_leave_workers_for_live_audio():
+    """batch_workers: a burst of file jobs never takes every worker; live calls run at once."""
+    ex = InferenceExecutor(workers=4, max_pending=16, batch_workers=1)
+    gate = threading.Event()
+    running: list[str] = []
+    try:
+        def file_job(name: str) -> None:
+            running.append(name)
+            gate.wait(5)
+
+        files = [asyncio.ensure_future(ex.run(file_job, f"file{i}", priority=Priority.BATCH))
+                 for i in range(3)]
+        await asyncio.sleep(0.1)
+        assert running == ["file0"]  # one at a time, though three workers are idle
+        assert await ex.run(lambda: "live") == "live"  # live audio is not held up
+        gate.set()
+        await asyncio.gather(*files)
+        assert running == ["file0", "file1", "file2"]
+    finally:
+        gate.set()
+        await ex.shutdown()
+
+
 async def test_code_in_a_worker_knows_its_call():
     from asrhub.executor import current_call
 
