@@ -659,16 +659,29 @@ async def http_worker(port: int, gen: Generator, count: int, stats: Stats, deadl
 # ----------------------------------------------------------------------------- healthy client
 
 
-async def streaming_round(port: int, pcm: np.ndarray) -> str:
-    """streaming_stt at real-time pace (bench/memory_and_lag.py's client), bounded."""
+async def streaming_round(port: int, pcm: np.ndarray, phases: dict[str, float] | None = None) -> str:
+    """streaming_stt at real-time pace (bench/memory_and_lag.py's client), bounded; the time
+    each phase took goes into ``phases`` (connect, start, send, final)."""
+    clock = time.monotonic()
+    phases = {} if phases is None else phases
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        phases[name] = round(now - clock, 2)
+        clock = now
+
     async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/") as ws:
         await ws.receive_json(timeout=30)
+        lap("connect")
         await ws.send_json({"command": "start", "language": "en"})
+        lap("start")
         for i in range(0, len(pcm), 1600):
             await ws.send_bytes(float_to_pcm16(pcm[i:i + 1600]))
             await asyncio.sleep(0.1)
         await ws.send_bytes(float_to_pcm16(np.zeros(8000, np.float32)))
         await ws.send_json({"command": "stop"})
+        lap("send")
         final: list[str] = []
         async for msg in ws:
             data = json.loads(msg.data)
@@ -676,6 +689,7 @@ async def streaming_round(port: int, pcm: np.ndarray) -> str:
                 final.append(data["text"])
             if data.get("type") in ("session_ended", "error"):
                 break
+        lap("final")
         return " ".join(final)
 
 
@@ -688,12 +702,14 @@ def healthy_process(port: int, out: str, stop_file: str) -> None:
     async def rounds() -> None:
         while not os.path.exists(stop_file):
             started = time.monotonic()
+            phases: dict[str, float] = {}
             try:
-                text = await asyncio.wait_for(streaming_round(port, pcm), 120)
-                row = {"wer": wer(reference, text), "text": text}
+                text = await asyncio.wait_for(streaming_round(port, pcm, phases), 120)
+                row: dict[str, Any] = {"wer": wer(reference, text), "text": text}
             except (TimeoutError, aiohttp.ClientError, ConnectionError, ValueError) as exc:
                 row = {"wer": float("nan"), "text": f"FAILED: {exc!r}"}
             row["seconds"] = time.monotonic() - started
+            row["phases"] = phases
             with open(out, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
@@ -767,6 +783,7 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=15.0)
     parser.add_argument("--oversized-every", type=int, default=5000,
                         help="one oversized frame every N messages (0 = none)")
+    parser.add_argument("--keep", action="store_true", help="keep the server's state dir and log")
     parser.add_argument("--targets", nargs="*", default=TARGETS, choices=TARGETS)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuzz.md"))
     args = parser.parse_args()
@@ -793,7 +810,7 @@ def main() -> None:
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
-    if scan.error_count == 0 and scan.tracebacks == 0:
+    if scan.error_count == 0 and scan.tracebacks == 0 and not args.keep:
         server.cleanup()
     else:
         print(f"server log kept: {server.log_path}")
@@ -869,10 +886,17 @@ def render(args, command, load_start, load_end, result, scan, alive, exit_code, 
     if scan.errors:
         lines += ["Error-level lines (first few):", "", "```", *scan.errors, "```", ""]
     lines += ["## Healthy concurrent session (streaming_stt, real-time pace, "
-              f"`{CLIP}`)", "", "| round | WER | seconds |", "|---|---|---|"]
+              f"`{CLIP}`)", "",
+              "Seconds per round, and per phase: connect (WebSocket open and the greeting), start "
+              "(send), send (the clip at real-time pace, then stop), final (stop → session_ended).",
+              "", "| round | WER | seconds | connect | start | send | final |",
+              "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rounds, 1):
         failure = f" ({r['text'][:80]})" if r["wer"] != r["wer"] else ""
-        lines.append(f"| {i} | {r['wer']:.3f}{failure} | {r['seconds']:.1f} |")
+        phases = r.get("phases", {})
+        cells = " | ".join(f"{phases[k]:.2f}" if k in phases else "—"
+                           for k in ("connect", "start", "send", "final"))
+        lines.append(f"| {i} | {r['wer']:.3f}{failure} | {r['seconds']:.1f} | {cells} |")
     if rounds:
         lines += ["", f"Last transcript: “{rounds[-1]['text']}”"]
     lines += ["", "## Conclusion", "", "Held:", "", *[f"- {h}" for h in held], ""]
