@@ -258,11 +258,14 @@ def measure_live(model: str, file: dict[str, Any], sizes: list[int], rounds: int
              "| file path | stop -> final median s | max s | final WER | files done |",
              "|---|---|---|---|---|"]
     for label, size in [("no file (alone)", None)] + [
-            (f"file_batch_size {n}" + (" (sequential)" if n == 1 else ""), n) for n in sizes]:
+            (f"file_batch_size {abs(n)}" + (" (sequential)" if n == 1 else "")
+             + (", never yielding to live streams" if n < 0 else ""), n) for n in sizes]:
         hub = Hub(parse_config({"engines": {"whisper": {"model": model, "language": "en",
-                                                        "file_batch_size": size or 1}}}),
+                                                        "file_batch_size": abs(size or 1)}}}),
                   make_plugin_manager())
         engine = hub.engine_sync("asr")
+        if size is not None and size < 0:  # the batch size without the engine's live check
+            engine.file_batch_now = lambda size=-size: size
         executor = hub.make_executor()
         engine.transcribe(file_audio[:RATE * 40], language="en")  # warm
         result = asyncio.run(live_phase(executor, engine, clips,
@@ -284,7 +287,9 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="add a section to --out")
     parser.add_argument("--live", action="store_true",
                         help="stop -> final of live streams beside a long file instead")
-    parser.add_argument("--live-sizes", default="1,8", help="file_batch_size values (--live)")
+    parser.add_argument("--live-sizes", default="1,8",
+                        help="file_batch_size values (--live); negative: never yield to live "
+                             "streams (what the engine's live check saves)")
     parser.add_argument("--live-rounds", type=int, default=1,
                         help="rounds of the 5 reader clips as live utterances (--live)")
     args = parser.parse_args()
