@@ -116,3 +116,20 @@ def test_base_detects_mandarin_and_keeps_the_sequential_path(base: WhisperEngine
     assert base.batched_chunks == chunks
     assert cer("".join(transcripts[name] for name in names * 2), transcript.text) < 0.25
     assert "歡" not in transcript.text and "體" not in transcript.text
+
+
+@pytest.mark.slow  # builds the 2.5-minute recording when run alone: ~6 s
+def test_a_looping_chunk_is_redone_with_absolute_times(tiny: WhisperEngine, recording) -> None:
+    """The sequential redo of a chunk the pipeline looped on (rare on real speech, so called
+    directly): timestamps, words, times moved to the chunk's place in the file."""
+    audio, _ = recording
+    start, end = 30.0, 55.0
+    segments = tiny._redo_sequentially(audio, start, end, "en", True, "transcribe")
+    assert segments
+    for seg in segments:
+        assert start <= seg.start <= seg.end <= end + 0.05
+        assert all(start <= w.start <= w.end <= end + 0.05 for w in seg.words)
+    text = " ".join(s.text for s in segments)
+    direct = tiny.transcribe(audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)],
+                             language="en", word_timestamps=True).text
+    assert wer(direct, text) < 0.1  # the same audio, decoded the same way
