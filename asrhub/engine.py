@@ -92,9 +92,12 @@ ProgressCallback = Callable[[float], None]
 class ASRStream(Protocol):
     """Per-session streaming state. Calls for one stream never overlap.
 
-    Optional attribute a stream may expose (consumers use ``hasattr`` and cope without):
+    Optional attributes a stream may expose (consumers use ``hasattr`` and cope without):
     ``partials`` (bool, settable before the first ``accept``): False skips the decodes that
     only produce partial hypotheses, for a consumer that uses finished utterances only.
+    ``cancel_partial()`` (callable from any thread while ``accept`` runs): withdraw a partial
+    decode that has not started, so ``accept`` returns sooner; the pump calls it when the
+    final is asked for.
     """
 
     def accept(self, pcm: Audio) -> list[Hypothesis]:

@@ -195,6 +195,9 @@ class StreamPump:
         decodes off for it where the stream has that switch (``partials``): a partial decoded
         just before the final would only make the client wait longer for the final."""
         self._finishing = True
+        cancel_partial = getattr(self.stream, "cancel_partial", None)
+        if cancel_partial is not None and not self._accepting.is_set():
+            cancel_partial()  # the running accept's partial, if it still waits: not worth waiting for
         try:
             while not self._accepting.is_set() and not self._task.done():
                 accepting = asyncio.ensure_future(self._accepting.wait())

@@ -163,3 +163,15 @@ async def test_shutdown_drains_then_refuses():
     await pending  # finished, not abandoned
     with pytest.raises(ExecutorClosed):
         await ex.run(time.sleep, 0)
+
+
+def test_numpys_blas_runs_in_the_calling_thread():
+    """The executor's workers are the parallelism: BLAS keeps no spinning pool of its own."""
+    from threadpoolctl import threadpool_info
+
+    ex = InferenceExecutor(workers=1)
+    try:
+        blas = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+        assert blas and all(lib["num_threads"] == 1 for lib in blas)
+    finally:
+        asyncio.run(ex.shutdown())

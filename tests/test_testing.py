@@ -10,7 +10,7 @@ import pytest
 from asrhub.engine import ASREngine, ASRStream, EngineError, VADEngine, VADStream
 from asrhub.executor import InferenceExecutor
 from asrhub.protocol import ProtocolError
-from asrhub.streaming import BacklogFull, LiveRecognizer
+from asrhub.streaming import BacklogFull, LiveRecognizer, StreamPump
 from asrhub.testing import (
     FakeASR,
     FakeASRStream,
@@ -163,6 +163,48 @@ async def test_pump_min_chunk_batches_frames_until_flushed(executor):
     pump.feed(silence(0.1))
     await pump.reset()  # queued audio dropped, nothing hangs
     assert sum(stream.accepted) == 19200 and pump.backlog_seconds == 0
+    await pump.close()
+
+
+async def test_pump_finish_withdraws_the_partial_of_a_running_accept(executor):
+    """finish() while an accept waits for its partial: the stream is told to withdraw it (the
+    final should not wait for a partial), the accept returns, the final follows."""
+    import threading
+
+    class SlowPartialStream:
+        def __init__(self) -> None:
+            self.withdrawn = threading.Event()
+            self.entered = threading.Event()
+            self.calls: list[str] = []
+
+        def accept(self, pcm):
+            self.calls.append("accept")
+            self.entered.set()
+            self.withdrawn.wait(10)  # a partial waiting behind other sessions' finals
+            return []
+
+        def cancel_partial(self) -> bool:
+            self.calls.append("cancel")
+            self.withdrawn.set()
+            return True
+
+        def finish(self):
+            self.calls.append("finish")
+            return []
+
+        def reset(self) -> None:
+            pass
+
+    async def on_hyps(hyps):
+        pass
+
+    stream = SlowPartialStream()
+    pump = StreamPump(executor, stream, on_hyps)
+    pump.feed(silence(0.1))
+    while not stream.entered.is_set():
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(pump.finish(), 5)
+    assert stream.calls == ["accept", "cancel", "finish"]
     await pump.close()
 
 

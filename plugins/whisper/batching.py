@@ -67,6 +67,7 @@ class DecodeRequest:
     window_used: int = 0
     batch_size: int = 0
     done: bool = False
+    cancelled: bool = False  # withdrawn before it ran (:meth:`DecodeBatcher.cancel`): no result
     error: BaseException | None = None
 
     def fits(self, other: DecodeRequest) -> bool:
@@ -131,6 +132,8 @@ class DecodeBatcher:
                     if others_recently or len(self._queue) > 1:
                         self._gather()
                     others_recently = True  # after the first batch, gather each time
+                    if not self._queue:
+                        continue  # its own request was withdrawn while gathering
                     batch = self._take()
                     self._cond.release()
                     try:
@@ -143,6 +146,19 @@ class DecodeBatcher:
         if request.error is not None:
             raise request.error
         return request
+
+    def cancel(self, request: DecodeRequest) -> bool:
+        """Withdraw ``request`` if it is still waiting (any thread): its caller returns at once
+        with ``cancelled`` set. False when it already runs or ran. A stream withdraws a partial
+        when its final is asked for: the final must not wait for a partial that waits behind
+        every other session's final."""
+        with self._cond:
+            if request.done or not any(r is request for r in self._queue):
+                return False
+            self._queue = [r for r in self._queue if r is not request]
+            request.cancelled = request.done = True
+            self._cond.notify_all()
+            return True
 
     # ------------------------------------------------------------------ leader side (lock held)
 

@@ -150,10 +150,42 @@ class Decoded:
     window: int  # mel frames the encoder saw
     compute_s: float  # from the call to the result (waiting for the batch included)
     batch_size: int = 1  # decodes in the engine call that made this one
+    cancelled: bool = False  # a partial withdrawn before it ran (:class:`PartialTicket`): no text
 
     @property
     def confidence(self) -> float:
         return float(min(1.0, math.exp(self.avg_logprob)))
+
+
+class PartialTicket:
+    """Lets a stream withdraw its partial decodes (from any thread): :meth:`cancel` withdraws
+    the one waiting in the batcher, if any, and makes later ones return at once (cancelled)
+    until :meth:`reopen`. :meth:`WhisperEngine.decode` records its request here."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._request: DecodeRequest | None = None
+        self._batcher: DecodeBatcher | None = None
+        self._closed = False
+
+    def attach(self, batcher: DecodeBatcher, request: DecodeRequest | None) -> bool:
+        """Record the request being decoded (None: done); False when cancelled already."""
+        with self._lock:
+            if request is not None and self._closed:
+                return False
+            self._batcher, self._request = batcher, request
+            return True
+
+    def cancel(self) -> bool:
+        """Withdraw the waiting partial (True if there was one) and refuse new ones."""
+        with self._lock:
+            self._closed = True
+            batcher, request = self._batcher, self._request
+        return batcher is not None and request is not None and batcher.cancel(request)
+
+    def reopen(self) -> None:
+        with self._lock:
+            self._closed = False
 
 
 def token_budget(duration: float) -> int:
@@ -314,7 +346,8 @@ class WhisperEngine:
     # ------------------------------------------------------------------ utterances
 
     def decode(self, audio: Audio, language: str | None, *, previous_text: str = "",
-               window: int | None = None, partial: bool = False) -> Decoded:
+               window: int | None = None, partial: bool = False,
+               ticket: PartialTicket | None = None) -> Decoded:
         """Recognise one utterance (at most 30 s; longer audio is cut). ``language`` None
         detects it from the same encoder pass. ``partial``: a hypothesis that a later decode
         replaces, which may use a shorter window (``adaptive_window``); otherwise (finals,
@@ -343,7 +376,17 @@ class WhisperEngine:
             final=not partial or exact,  # a forced window (a retry) is urgent
             live=call is None or call.priority is Priority.LIVE,
             flow=call.flow if call is not None else "")
-        self.batcher.submit(request)
+        if ticket is not None and not ticket.attach(self.batcher, request):
+            request.cancelled = True
+        else:
+            try:
+                self.batcher.submit(request)
+            finally:
+                if ticket is not None:
+                    ticket.attach(self.batcher, None)
+        if request.cancelled:
+            return Decoded("", language, 0.0, -10.0, 1.0, duration, window,
+                           time.perf_counter() - started, cancelled=True)
         tokens = request.tokens
         language = request.language
         assert language is not None

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from asrhub.engine import SAMPLE_RATE, Audio, Hypothesis, VADEvent, VADStream
+from asrhub_plugins.whisper.engine import PartialTicket
 
 if TYPE_CHECKING:
     from asrhub_plugins.whisper.engine import Decoded, WhisperEngine
@@ -54,6 +55,7 @@ class StreamStats:
     final_decodes: int = 0
     reused_finals: int = 0  # finals that cost no decode (the last partial covered them)
     deferred_partials: int = 0  # accept() calls that put a due partial off (model busy)
+    cancelled_partials: int = 0  # partials withdrawn before they ran (the final was asked for)
     forced_cuts: int = 0
     decode_seconds: float = 0.0
 
@@ -129,6 +131,7 @@ class WhisperStream:
         self._utterance: _Utterance | None = None
         self._count = 0
         self._previous_text = ""
+        self._ticket = PartialTicket()  # withdraws a waiting partial (cancel_partial)
         self.stats = StreamStats()
 
     @property
@@ -170,6 +173,7 @@ class WhisperStream:
         return out
 
     def finish(self) -> list[Hypothesis]:
+        self._ticket.reopen()
         out: list[Hypothesis] = []
         for event in self._vad.finish():
             out += self._on_event(event)
@@ -179,6 +183,7 @@ class WhisperStream:
         return out
 
     def reset(self) -> None:
+        self._ticket.reopen()
         self._restart_vad()
         self._utterance = None
         self._audio.clear(self._clock)
@@ -245,8 +250,19 @@ class WhisperStream:
                 and utterance.last_is_final_quality
                 and utterance.decoded_end >= end - REUSE_TOLERANCE)
 
+    def cancel_partial(self) -> bool:
+        """Withdraw the partial decode this stream is waiting for, if it has not started, and
+        skip partial decodes until :meth:`finish` or :meth:`reset` (any thread): the pump does
+        this when the final is asked for, so that the final does not wait for a partial that
+        waits behind other sessions' finals."""
+        return self._ticket.cancel()
+
     def _partial(self, utterance: _Utterance, *, final_quality: bool = False) -> list[Hypothesis]:
-        decoded = self._decode(utterance.start, self._clock, partial=not final_quality)
+        decoded = self._decode(utterance.start, self._clock, partial=not final_quality,
+                               ticket=self._ticket)
+        if decoded.cancelled:
+            self.stats.cancelled_partials += 1
+            return []
         self.stats.partial_decodes += 1
         utterance.decoded_end = utterance.since = self._clock
         utterance.last = decoded
@@ -280,10 +296,12 @@ class WhisperStream:
         audio = self._audio.view(utterance.start, end).copy()
         return [self._hypothesis(utterance, decoded, True, end, audio)]
 
-    def _decode(self, begin: int, end: int, *, partial: bool = False) -> Decoded:
+    def _decode(self, begin: int, end: int, *, partial: bool = False,
+                ticket: PartialTicket | None = None) -> Decoded:
         decoded = self._engine.decode(
             self._audio.view(begin, end), self._language,
-            previous_text=self._previous_text if self._condition else "", partial=partial)
+            previous_text=self._previous_text if self._condition else "", partial=partial,
+            ticket=ticket)
         self.stats.decodes += 1
         self.stats.decode_seconds += decoded.compute_s
         return decoded

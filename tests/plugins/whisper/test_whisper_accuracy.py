@@ -209,6 +209,48 @@ def test_live_finals_lead_and_sessions_take_turns(tiny: WhisperEngine) -> None:
     assert [r.flow for r in batcher._take()] == ["conn_id=other"]
 
 
+def test_a_waiting_partial_can_be_withdrawn(tiny: WhisperEngine, clip) -> None:
+    """A stream's final is asked for while its partial waits behind another batch: the
+    partial is withdrawn (its caller returns at once, nothing decoded); a running one is not."""
+    from asrhub_plugins.whisper.batching import DecodeBatcher
+    from asrhub_plugins.whisper.engine import PartialTicket
+
+    gate, running = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    def run_batch(batch: list[DecodeRequest]) -> None:
+        running.set()
+        ran.append(len(batch))
+        gate.wait(10)
+
+    batcher = DecodeBatcher(run_batch, gather_s=0)
+    audio = np.zeros(16000, np.float32)
+    busy, waiting = _request(tiny, audio), _request(tiny, audio, partial=True)
+    leader = threading.Thread(target=batcher.submit, args=(busy,))
+    leader.start()
+    assert running.wait(10)
+    follower = threading.Thread(target=batcher.submit, args=(waiting,))
+    follower.start()
+    while not any(r is waiting for r in batcher._queue):
+        threading.Event().wait(0.01)
+    assert not batcher.cancel(busy)  # running: it finishes
+    assert batcher.cancel(waiting) and waiting.cancelled
+    follower.join(10)
+    assert not follower.is_alive()  # returned while the other batch still runs
+    gate.set()
+    leader.join(10)
+    assert ran == [1] and not busy.cancelled and not batcher.busy
+
+    # a stream's ticket: once cancelled, its next partial returns at once without decoding
+    ticket = PartialTicket()
+    assert not ticket.cancel()  # nothing waiting
+    decodes = tiny.decodes
+    decoded = tiny.decode(clip(CLIPS[0]), "en", partial=True, ticket=ticket)
+    assert decoded.cancelled and decoded.text == "" and tiny.decodes == decodes
+    ticket.reopen()
+    assert tiny.decode(clip(CLIPS[0]), "en", partial=True, ticket=ticket).text
+
+
 def test_long_windows_run_alone_short_ones_together(tiny: WhisperEngine) -> None:
     from asrhub_plugins.whisper.batching import DecodeBatcher
 
