@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -146,6 +147,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     return_large_blocks()
     config = _load(args)
+    whisper = config.engine_sections.setdefault("whisper", {})
+    if "cpu_threads" not in whisper and "num_workers" not in whisper:
+        # One file, one decode at a time: all cores to it (a server's default, one thread per
+        # decode and a decode per core, is for many concurrent streams).
+        whisper.update(cpu_threads=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                       else (os.cpu_count() or 1), num_workers=1)
     configure_logging("warning" if not args.verbose else "info", "console" if sys.stderr.isatty() else "json")
     hub = _build_hub(config)
     # Decoded a piece at a time (asrhub.pieces): memory stays O(piece) whatever the length.

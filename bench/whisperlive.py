@@ -408,7 +408,8 @@ def model_dir(name: str, state_dir: Path) -> Path:
     return resolve_model(name, state_dir)
 
 
-def start_asrhub(model: str, workers: int, tmp: Path, state_dir: Path, nice: int) -> Server:
+def start_asrhub(model: str, workers: int, tmp: Path, state_dir: Path, nice: int,
+                 whisper: list[str] | None = None) -> Server:
     from asrhub.config import parse_config
     from asrhub.hub import Hub
     from asrhub.plugins import make_plugin_manager
@@ -419,7 +420,7 @@ def start_asrhub(model: str, workers: int, tmp: Path, state_dir: Path, nice: int
     lines = ["[server]", 'host = "127.0.0.1"', f'state_dir = "{state_dir}"', 'log_format = "json"',
              'log_level = "warning"', "preload = true", "[executor]", f"workers = {workers}",
              f"worker_nice = {nice}",
-             "[engines.whisper]", f'model = "{model}"', 'language = "en"',
+             "[engines.whisper]", f'model = "{model}"', 'language = "en"', *(whisper or []),
              "[protocols.streaming_stt]", f"port = {port}"]
     lines += [f"[protocols.{name}]\nenabled = false" for name in others]
     config.write_text("\n".join(lines) + "\n")
@@ -427,8 +428,9 @@ def start_asrhub(model: str, workers: int, tmp: Path, state_dir: Path, nice: int
     log = tmp / "asrhub.log"
     proc = subprocess.Popen([exe, "serve", "--config", str(config)], stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    extra = "".join(f", {line}" for line in whisper or [])
     return Server("asrhub", f"streaming_stt, {model}, beam 1, int8, executor workers {workers}, "
-                  f"worker_nice {nice}, defaults otherwise", f"ws://127.0.0.1:{port}/", proc, log)
+                  f"worker_nice {nice}{extra}, defaults otherwise", f"ws://127.0.0.1:{port}/", proc, log)
 
 
 def parse_wl_config(text: str) -> tuple[int, str]:
@@ -655,7 +657,7 @@ async def measure(args: argparse.Namespace, counts: list[int], run: Run) -> None
         try:
             if "asrhub" in args.systems:
                 servers.append(start_asrhub(args.model, args.workers or max(2, max(counts)), tmp,
-                                            state_dir, args.nice))
+                                            state_dir, args.nice, args.whisper))
             for config in args.wl_configs:
                 servers.append(start_whisperlive(config, args.model, path, max(counts) + 4,
                                                  options, tmp, args.nice))
@@ -703,6 +705,9 @@ def main() -> None:
                              "disconnect_if_no_response_for)")
     parser.add_argument("--workers", type=int, default=0,
                         help="asrhub [executor] workers (default: one per stream, at least 2)")
+    parser.add_argument("--whisper", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra [engines.whisper] line for asrhub (TOML), e.g. "
+                             "--whisper 'partial_interval = 2.0'; repeatable")
     parser.add_argument("--nice", type=int, default=0,
                         help="asrhub's [executor] worker_nice (5 in production) and `nice -n` for "
                              "WhisperLive: the same for both (default 0)")

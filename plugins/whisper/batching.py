@@ -5,8 +5,10 @@ waits for the text. Instead of each call running the model on its own (CTranslat
 call at a time per worker, so concurrent finals used to queue behind each other while the
 model worked on a batch of one), the calls meet in a :class:`DecodeBatcher`:
 
-- The first caller to find the model idle becomes the *leader*: if other decodes were asked
-  for recently it waits up to ``gather_s`` (a few milliseconds, bounded) for more to arrive,
+- A caller that finds a batch lane free (``concurrency`` lanes: the engine's CTranslate2
+  workers, one per core on a CPU, each decoding with one thread) becomes a *leader*: if other
+  decodes were asked for recently it waits up to ``gather_s`` (a few milliseconds, bounded)
+  for more to arrive,
   then takes a batch off the queue and runs it as one engine call (one batched encoder pass,
   one batched generate). Calls that arrive while a batch runs queue up and go together in the
   next one; the leader keeps leading until its own request is done, then hands over.
@@ -95,7 +97,7 @@ class DecodeBatcher:
 
     def __init__(self, run_batch: Callable[[list[DecodeRequest]], None], *,
                  max_batch: int = 8, gather_s: float = 0.01,
-                 max_window: int | None = None) -> None:
+                 max_window: int | None = None, concurrency: int = 1) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._run_batch = run_batch
@@ -104,7 +106,8 @@ class DecodeBatcher:
         self.gather_s = max(0.0, gather_s)
         self._cond = threading.Condition()
         self._queue: list[DecodeRequest] = []
-        self._leading = False
+        self._leading = 0  # batches running (at most ``concurrency``)
+        self.concurrency = max(1, concurrency)
         self._recent: deque[float] = deque(maxlen=4)
         self._vtime = 0  # the tag of the last batch's leader
         self._next_tag: dict[str, int] = {}  # flow -> the tag its next request gets at the earliest
@@ -113,7 +116,7 @@ class DecodeBatcher:
     @property
     def busy(self) -> bool:
         """A batch is running or requests are waiting: a new decode would queue."""
-        return self._leading or bool(self._queue)
+        return bool(self._leading) or bool(self._queue)
 
     def submit(self, request: DecodeRequest) -> DecodeRequest:
         """Queue ``request`` and return once it is decoded (raises the batch's error)."""
@@ -124,10 +127,10 @@ class DecodeBatcher:
             self._enqueue(request)
             self._cond.notify_all()
             while not request.done:
-                if self._leading:
+                if self._leading >= self.concurrency or not self._queue:
                     self._cond.wait()
                     continue
-                self._leading = True
+                self._leading += 1
                 try:
                     if others_recently or len(self._queue) > 1:
                         self._gather()
@@ -141,7 +144,7 @@ class DecodeBatcher:
                     finally:
                         self._cond.acquire()
                 finally:
-                    self._leading = False
+                    self._leading -= 1
                     self._cond.notify_all()
         if request.error is not None:
             raise request.error

@@ -77,6 +77,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import threading
 import time
 import zlib
@@ -188,6 +189,20 @@ class PartialTicket:
             self._closed = False
 
 
+def decode_workers(configured: int, cuda: bool) -> int:
+    """CTranslate2 workers (decodes at once): ``configured``, or 0 = one per usable CPU core
+    (at most 8), 1 on a GPU (where one batched call does better than several)."""
+    if configured:
+        return configured
+    if cuda:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
 def token_budget(duration: float) -> int:
     """New tokens an utterance of ``duration`` seconds may take: more means Whisper loops."""
     return min(MAX_NEW_TOKENS, int(16 + 12 * duration))
@@ -242,6 +257,7 @@ class WhisperEngine:
         self.model_path = resolve_model(settings.model, state_dir, settings.cache_dir)
         self.placement = placement = _placement(settings)
         self.device = placement.device
+        self.num_workers = decode_workers(settings.num_workers, placement.device.is_cuda)
         started = time.perf_counter()
         try:
             self._model = WhisperModel(
@@ -250,7 +266,7 @@ class WhisperEngine:
                 device_index=placement.device.index,
                 compute_type=placement.compute_type,
                 cpu_threads=settings.cpu_threads,
-                num_workers=settings.num_workers,
+                num_workers=self.num_workers,
                 local_files_only=True,
             )
             if placement.device.is_cuda:
@@ -294,7 +310,8 @@ class WhisperEngine:
         self.batcher = DecodeBatcher(
             self._run_batch, max_batch=batching.max_batch,
             gather_s=batching.gather_ms / 1000,
-            max_window=int(batching.max_window_s * SAMPLE_RATE / HOP))
+            max_window=int(batching.max_window_s * SAMPLE_RATE / HOP),
+            concurrency=self.num_workers)
 
     # ------------------------------------------------------------------ helpers
 
@@ -319,7 +336,7 @@ class WhisperEngine:
     def busy(self) -> bool:
         """The model is occupied (a batch running or waiting, or every CTranslate2 worker
         taken by files): a new decode would queue."""
-        return self.batcher.busy or self._inflight >= self.settings.num_workers
+        return self.batcher.busy or self._inflight >= self.num_workers
 
     @contextlib.contextmanager
     def _running(self, decodes: int = 1) -> Iterator[None]:

@@ -251,6 +251,38 @@ def test_a_waiting_partial_can_be_withdrawn(tiny: WhisperEngine, clip) -> None:
     assert tiny.decode(clip(CLIPS[0]), "en", partial=True, ticket=ticket).text
 
 
+def test_batches_run_side_by_side_up_to_the_lanes(tiny: WhisperEngine) -> None:
+    """concurrency = 2 (two CTranslate2 workers): a second batch starts while the first runs,
+    a third waits for a lane."""
+    from asrhub_plugins.whisper.batching import DecodeBatcher
+
+    gate = threading.Event()
+    running: list[int] = []
+    lock = threading.Lock()
+
+    def run_batch(batch: list[DecodeRequest]) -> None:
+        with lock:
+            running.append(len(running))
+        gate.wait(10)
+
+    batcher = DecodeBatcher(run_batch, gather_s=0, max_window=1000, concurrency=2)
+    audio = np.zeros(16000, np.float32)
+    requests = [_request(tiny, audio) for _ in range(3)]  # 30 s windows: one per batch
+    threads = [threading.Thread(target=batcher.submit, args=(r,)) for r in requests]
+    for thread in threads:
+        thread.start()
+    for _ in range(500):
+        if len(running) == 2:
+            break
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.1)
+    assert len(running) == 2  # two lanes busy, the third request waits
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(running) == 3 and all(r.done for r in requests) and not batcher.busy
+
+
 def test_long_windows_run_alone_short_ones_together(tiny: WhisperEngine) -> None:
     from asrhub_plugins.whisper.batching import DecodeBatcher
 

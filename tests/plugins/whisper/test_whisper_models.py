@@ -98,11 +98,21 @@ def test_registered_as_the_default_asr_engine(tmp_path: Path) -> None:
     hub.unload_engines()
 
 
+def test_decode_workers_default_to_one_per_core() -> None:
+    import os
+
+    from asrhub_plugins.whisper.engine import decode_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert decode_workers(0, cuda=False) == min(8, cores)
+    assert decode_workers(0, cuda=True) == 1 and decode_workers(3, cuda=False) == 3
+
+
 @pytest.mark.parametrize("section, key", [
     ({"modle": "base"}, "modle"),
     ({"chinese_script": "latin"}, "chinese_script"),
     ({"max_utterance_s": 40}, "max_utterance_s"),
-    ({"num_workers": 0}, "num_workers"),
+    ({"num_workers": -1}, "num_workers"),
 ])
 def test_bad_settings_are_config_errors(section: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
