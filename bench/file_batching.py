@@ -99,8 +99,9 @@ def variants(model_name: str) -> dict[str, Callable[[np.ndarray], str]]:
 
     settings = WhisperSettings(model=model_name, language="en")
     path = resolve_model(model_name, parse_config({}).state_dir)
-    model = WhisperModel(str(path), device="cpu", compute_type=settings.compute_type,
-                         cpu_threads=settings.cpu_threads, num_workers=settings.num_workers,
+    # The bare engine as one would run it for one file: every core on its one decode.
+    model = WhisperModel(str(path), device="cpu", compute_type="int8",
+                         cpu_threads=len(os.sched_getaffinity(0)), num_workers=1,
                          local_files_only=True)
     common = {"language": "en", "beam_size": 1, "condition_on_previous_text": False}
 

@@ -598,7 +598,7 @@ class WhisperEngine:
         module docstring): speech chunks of up to 30 s, one segment each."""
         duration = len(audio) / SAMPLE_RATE
         prompt = self.settings.initial_prompt.strip()
-        pipeline = _live_first_pipeline()(self._model, self.file_batch_now)
+        pipeline = _live_first_pipeline()(self._model, self.file_batch_now, self.num_workers)
         segments: list[Segment] = []
         with self._running():
             pieces, info = pipeline.transcribe(
@@ -682,21 +682,42 @@ def _live_first_pipeline():  # -> type[faster_whisper.BatchedInferencePipeline],
 
     class LiveFirstPipeline(BatchedInferencePipeline):
         """faster-whisper's batched pipeline, whose batches shrink while live streams decode:
-        ``batch_now()`` is asked before each engine call how many chunks it may hold."""
+        ``batch_now()`` is asked before each engine call how many chunks it may hold. With
+        several CTranslate2 workers (``lanes``; one thread each) and no live stream, a batch is
+        split across them and its parts run side by side, so one file still uses every core
+        (not with word timestamps: faster-whisper keeps state between their batches)."""
 
-        def __init__(self, model, batch_now: Callable[[], int]) -> None:
+        def __init__(self, model, batch_now: Callable[[], int], lanes: int = 1) -> None:
             super().__init__(model)
             self._batch_now = batch_now
+            self._lanes = max(1, lanes)
 
         def forward(self, features, tokenizer, chunks_metadata, options):
             results: list = []
             done = 0
             while done < len(features):
                 size = max(1, self._batch_now())
-                results += super().forward(features[done:done + size], tokenizer,
-                                           chunks_metadata[done:done + size], options)
+                part_features = features[done:done + size]
+                part_meta = chunks_metadata[done:done + size]
+                lanes = min(self._lanes, len(part_features))
+                if lanes > 1 and size > 1 and not options.word_timestamps:
+                    results += self._side_by_side(part_features, tokenizer, part_meta, options, lanes)
+                else:
+                    results += super().forward(part_features, tokenizer, part_meta, options)
                 done += size
             return results
+
+        def _side_by_side(self, features, tokenizer, chunks_metadata, options, lanes: int) -> list:
+            from concurrent.futures import ThreadPoolExecutor
+
+            step = -(-len(features) // lanes)
+            parts = [(features[i:i + step], chunks_metadata[i:i + step])
+                     for i in range(0, len(features), step)]
+            forward = super().forward
+            with ThreadPoolExecutor(len(parts), thread_name_prefix="asrhub-file-lane") as pool:
+                outputs = list(pool.map(lambda part: forward(part[0], tokenizer, part[1], options),
+                                        parts))
+            return [item for output in outputs for item in output]
 
     return LiveFirstPipeline
 
