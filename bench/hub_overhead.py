@@ -122,12 +122,14 @@ def load_bare(model: str) -> tuple[float, Once]:
     from asrhub_plugins.whisper.models import resolve_model
     from asrhub_plugins.whisper.settings import WhisperSettings
 
-    # The hub engine's settings, passed to faster-whisper by hand.
+    # The hub engine's decoding settings, passed to faster-whisper by hand, and every core on
+    # its one decode (as one runs faster-whisper for one file; the hub's default is one thread
+    # per decode and a decode per core, for many streams).
     settings = WhisperSettings(model=model, language="en")
     path = resolve_model(model, parse_config({}).state_dir)
     started = time.perf_counter()
-    whisper = WhisperModel(str(path), device="cpu", compute_type=settings.compute_type,
-                           cpu_threads=settings.cpu_threads, num_workers=settings.num_workers,
+    whisper = WhisperModel(str(path), device="cpu", compute_type="int8",
+                           cpu_threads=len(os.sched_getaffinity(0)), num_workers=1,
                            local_files_only=True)
     load_s = time.perf_counter() - started
 

@@ -16,6 +16,7 @@ Every blocking step is a short call in the hub's inference executor at ``Priorit
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -220,21 +221,29 @@ class FileTranscriber:
         sample each piece ends at; returns the language to go on with."""
         engine_name = self.hub.engine_name("asr", self.settings.asr_engine or None)
         engine = await self.hub.asr(self.settings.asr_engine or None)
-        for piece in pieces:
-            transcript: Transcript = await self._run(
-                engine.transcribe, audio[piece.start:piece.end], engine=engine_name,
-                language=language, word_timestamps=words)
-            # Detect the language once (on the first piece with speech), then keep it.
-            if language is None and transcript.language and transcript.text.strip():
-                language = transcript.language
-            shift = (offset + piece.start) / SAMPLE_RATE
-            # Speakers renumbered in order of first speech (a region may hold no words).
-            speaker = None
-            if piece.speaker is not None and transcript.text.strip():
-                speaker = speaker_ids.setdefault(piece.speaker, f"speaker_{len(speaker_ids)}")
-            segments.extend(shift_segment(seg, shift, speaker=speaker or "speaker_0")
-                            for seg in transcript.segments if seg.text.strip())
-            done(offset + piece.end)
+        # An engine that decodes several calls at once (Whisper: a CTranslate2 worker per core,
+        # one thread each) gets that many pieces side by side; the language is detected on
+        # the first piece with speech first, alone.
+        lanes = max(1, int(getattr(engine, "num_workers", 1) or 1))
+        index = 0
+        while index < len(pieces):
+            group = pieces[index:index + (lanes if language is not None else 1)]
+            index += len(group)
+            transcripts: list[Transcript] = await asyncio.gather(*(
+                self._run(engine.transcribe, audio[piece.start:piece.end], engine=engine_name,
+                          language=language, word_timestamps=words) for piece in group))
+            for piece, transcript in zip(group, transcripts, strict=True):
+                # Detect the language once (on the first piece with speech), then keep it.
+                if language is None and transcript.language and transcript.text.strip():
+                    language = transcript.language
+                shift = (offset + piece.start) / SAMPLE_RATE
+                # Speakers renumbered in order of first speech (a region may hold no words).
+                speaker = None
+                if piece.speaker is not None and transcript.text.strip():
+                    speaker = speaker_ids.setdefault(piece.speaker, f"speaker_{len(speaker_ids)}")
+                segments.extend(shift_segment(seg, shift, speaker=speaker or "speaker_0")
+                                for seg in transcript.segments if seg.text.strip())
+                done(offset + piece.end)
         return language
 
     async def _vad(self) -> Any:
