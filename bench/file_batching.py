@@ -3,7 +3,7 @@
 
 Issue 14 asks for a batched pipeline for long files "where it beats sequential decoding on CPU
 at equal WER (measure, then decide)". This measures it, side by side in one process, on the same
-model files, the same samples and the same settings (int8, the hub's ``cpu_threads``, beam 1,
+model files, the same samples and the same settings (int8, every core on the bare decode, beam 1,
 language given, not conditioned on previous text):
 
 - ``sequential``: faster-whisper's ``WhisperModel.transcribe`` (30 s windows one after another,
@@ -95,9 +95,7 @@ def variants(model_name: str) -> dict[str, Callable[[np.ndarray], str]]:
     from asrhub.hub import Hub
     from asrhub.plugins import make_plugin_manager
     from asrhub_plugins.whisper.models import resolve_model
-    from asrhub_plugins.whisper.settings import WhisperSettings
 
-    settings = WhisperSettings(model=model_name, language="en")
     path = resolve_model(model_name, parse_config({}).state_dir)
     # The bare engine as one would run it for one file: every core on its one decode.
     model = WhisperModel(str(path), device="cpu", compute_type="int8",
