@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -12,6 +14,18 @@ from asrhub.testing import testdata_dir
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     return testdata_dir()
+
+
+@pytest.fixture(scope="session")
+def cluster_harness() -> ModuleType:
+    """tests/cluster_harness.py (the real redis-server, haproxy and asrhub instances of the
+    cluster tests), loaded by path: tests/ is not a package."""
+    path = Path(__file__).resolve().parent / "cluster_harness.py"
+    spec = importlib.util.spec_from_file_location("cluster_harness", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # Test modules whose tests load real models (Whisper, Silero, resemblyzer, FunASR, denoisers)

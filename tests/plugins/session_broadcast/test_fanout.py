@@ -7,10 +7,8 @@ tests/test_cluster_broadcast.py)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,20 +31,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.asyncio(loop_scope="module"),
                                  reason="redis-server (make system-deps) not installed")]
 
 
-def _harness() -> Any:
-    """tests/cluster_harness.py (the real redis-server, haproxy and instances of the cluster
-    tests), loaded by path: tests/ is not a package."""
-    path = Path(__file__).resolve().parents[2] / "cluster_harness.py"
-    spec = importlib.util.spec_from_file_location("cluster_harness", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = _harness().Redis(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory, cluster_harness):
+    server = cluster_harness.Redis(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()

@@ -13,7 +13,6 @@ each voiceprint store ("sqlite", "json", and "redis" on a real redis-server).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sqlite3
@@ -36,23 +35,13 @@ ENGINES = {"asr": "whisper", "vad": "silero", "whisper": {"model": "tiny.en"}}
 HAVE_REDIS = bool(shutil.which("redis-server"))
 
 
-def _harness() -> Any:
-    """tests/cluster_harness.py (its real redis-server), loaded by path: tests/ is no package."""
-    path = Path(__file__).resolve().parents[2] / "cluster_harness.py"
-    spec = importlib.util.spec_from_file_location("cluster_harness", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory):
+def redis_server(tmp_path_factory: pytest.TempPathFactory, cluster_harness):
     """A real redis-server on loopback, or None where it is not installed."""
     if not HAVE_REDIS:
         yield None
         return
-    server = _harness().Redis(tmp_path_factory.mktemp("redis"))
+    server = cluster_harness.Redis(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
