@@ -175,15 +175,19 @@ class StreamPump:
             self.last_call_seconds = time.perf_counter() - started
             self.processing_seconds += self.last_call_seconds
 
+    async def _until(self, event: asyncio.Event) -> None:
+        """Wait until ``event`` is set or the consumer task has ended (it failed)."""
+        while not event.is_set() and not self._task.done():
+            waiter = asyncio.ensure_future(event.wait())
+            try:
+                await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+
     async def drain(self) -> None:
         """Wait until all queued audio has been through ``accept``."""
         self.flush()
-        while not self._idle.is_set() and not self._task.done():
-            idle = asyncio.ensure_future(self._idle.wait())
-            try:
-                await asyncio.wait({self._task, idle}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                idle.cancel()
+        await self._until(self._idle)
         if self._error is not None:
             raise self._error
 
@@ -199,12 +203,7 @@ class StreamPump:
         if cancel_partial is not None and not self._accepting.is_set():
             cancel_partial()  # the running accept's partial, if it still waits: not worth waiting for
         try:
-            while not self._accepting.is_set() and not self._task.done():
-                accepting = asyncio.ensure_future(self._accepting.wait())
-                try:
-                    await asyncio.wait({self._task, accepting}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    accepting.cancel()
+            await self._until(self._accepting)
             if self._error is not None:
                 raise self._error
             tail = self._take_queued() if self._chunks else None
