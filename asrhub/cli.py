@@ -31,10 +31,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from asrhub.heap import return_large_blocks
+    from asrhub.heap import limit_arenas
     from asrhub.server import PortInUse, run_forever
 
-    return_large_blocks()  # long files through worker threads: memory stays bounded
+    limit_arenas()  # before any thread allocates: freed buffers are shared, not kept per thread
     config = _load(args)
     configure_logging(config.server.log_level, config.server.log_format)
     hub = _build_hub(config)
@@ -142,10 +142,10 @@ def _piece_seconds(value: str) -> float:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asrhub.audio import AudioError
     from asrhub.formats import render, wants_word_timestamps
-    from asrhub.heap import return_large_blocks
+    from asrhub.heap import limit_arenas
     from asrhub.pieces import FILE_PIECE_S, PieceReader, transcribe_file
 
-    return_large_blocks()
+    limit_arenas()
     config = _load(args)
     whisper = config.engine_sections.setdefault("whisper", {})
     if "cpu_threads" not in whisper and "num_workers" not in whisper:

@@ -19,6 +19,9 @@
   bench/fuzz.py: a stream's final took 15 s while uploads poured in).
 - Per-engine limits: ``engine_limits["whisper"] = 1`` keeps at most one call of that engine
   running at once, whatever the number of workers.
+- Memory back after file work: a file job's freed buffers are handed back to the system when
+  it ends (:class:`asrhub.heap.HeapTrimmer`, at most every 2 s), so pieces of long files
+  decoded by many worker threads do not each leave their memory in a malloc arena.
 - Context: the caller's contextvars (structlog's bound context) are copied into the worker, and
   :func:`current_call` tells code running there its call's priority and flow (the Whisper
   batcher orders its own queue by them).
@@ -38,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
+
+from asrhub.heap import HeapTrimmer
 
 log = structlog.get_logger("asrhub.executor")
 R = TypeVar("R")
@@ -148,6 +153,7 @@ class InferenceExecutor:
         on_done: Callable[[str | None, Priority, float, float, bool], None] | None = None,
         worker_nice: int = 0,
         batch_workers: int = 0,
+        trimmer: HeapTrimmer | None = None,
     ) -> None:
         self.worker_nice = worker_nice
         self.batch_workers = batch_workers  # 0: no limit
@@ -156,6 +162,7 @@ class InferenceExecutor:
         self.busy_timeout = busy_timeout
         self.engine_limits = dict(engine_limits or {})
         self._on_done = on_done
+        self.trimmer = trimmer if trimmer is not None else HeapTrimmer()
         self._queues: dict[Priority, collections.deque[_Job]] = {p: collections.deque() for p in Priority}
         self._running: collections.Counter[str] = collections.Counter()
         self._running_batch = 0
@@ -343,6 +350,8 @@ class InferenceExecutor:
                                       finished - started, failed)
                     except Exception:  # noqa: BLE001 - metrics must never kill a worker
                         pass
+                if job.priority is Priority.BATCH and not job.cancelled:
+                    self.trimmer.maybe_trim()
 
     @staticmethod
     def _resolve(job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:

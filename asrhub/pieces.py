@@ -36,6 +36,7 @@ import soxr
 
 from asrhub.audio import AudioError, open_av, probe_duration, to_mono
 from asrhub.engine import SAMPLE_RATE, ASREngine, Audio, ProgressCallback, Segment, Transcript, Word
+from asrhub.heap import HeapTrimmer
 from asrhub.segmenter import quietest_point
 from asrhub.text import join_texts
 
@@ -228,6 +229,7 @@ def transcribe_file(
     the fraction of the file done (by the duration its headers give, when they give one).
     """
     total = reader.duration()
+    trimmer = HeapTrimmer()
     segments: list[Segment] = []
     detected: str | None = None
     for offset, audio in reader:
@@ -254,6 +256,7 @@ def transcribe_file(
                         on_segment(placed)
         if progress is not None and total:
             progress(min(1.0, (start + span) / total))
+        trimmer.maybe_trim()  # the piece's buffers back to the system (asrhub.heap)
     if progress is not None:
         progress(1.0)
     return Transcript(join_texts([s.text for s in segments]), detected or language,
