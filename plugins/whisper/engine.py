@@ -135,6 +135,12 @@ LIVE_RECENT_S = 5.0  # a live decode this recent makes file batches one chunk lo
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
+# A batched file chunk (no timestamps) of at least TRUNCATED_MIN_S whose text has fewer words
+# per second than this stopped early: Whisper wrote the first sentence and its end token
+# (seen: "At that high level, the air is pure." for a 38 s chunk of ~90 words; English speech
+# runs at 2-3 words/s). It is decoded again sequentially.
+TRUNCATED_WORDS_PER_S = 0.5
+TRUNCATED_MIN_S = 8.0
 SILENCE_PEAK = 1e-3  # -60 dBFS: quieter audio is not decoded at all
 
 
@@ -220,6 +226,11 @@ def window_frames(samples: int, adaptive: bool = True, minimum: int = MIN_WINDOW
 def _compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _stopped_early(text: str, span_s: float) -> bool:
+    """A batched chunk's text is too short for its span (see :data:`TRUNCATED_WORDS_PER_S`)."""
+    return span_s >= TRUNCATED_MIN_S and len(text.split()) < TRUNCATED_WORDS_PER_S * span_s
 
 
 def _repeats_itself(tokens: list[int], max_gram: int = 8) -> bool:
@@ -619,7 +630,8 @@ class WhisperEngine:
                         and piece.avg_logprob < LOGPROB_THRESHOLD):
                     continue  # Whisper's own verdict: silence (the sequential path drops it too)
                 if (piece.compression_ratio > COMPRESSION_RATIO_THRESHOLD
-                        or _repeats_itself(list(piece.tokens))):
+                        or _repeats_itself(list(piece.tokens))
+                        or _stopped_early(piece.text, piece.end - piece.start)):
                     segments += self._redo_sequentially(audio, piece.start, piece.end,
                                                         info.language, word_timestamps, task)
                 else:

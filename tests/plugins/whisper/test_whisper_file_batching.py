@@ -133,3 +133,18 @@ def test_a_looping_chunk_is_redone_with_absolute_times(tiny: WhisperEngine, reco
     direct = tiny.transcribe(audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)],
                              language="en", word_timestamps=True).text
     assert wer(direct, text) < 0.1  # the same audio, decoded the same way
+
+
+def test_a_chunk_that_stops_after_its_first_sentence_is_decoded_again(
+        tiny: WhisperEngine, sequential: WhisperEngine, tmp_path: Path) -> None:
+    """Seen on the 20-minute bench file (bench/long_file.py, WER 17 %): in this 40 s stretch of
+    the recording, a batched chunk of ~30 s of speech came back as its first sentence only ("At
+    that high level, the air is pure."). Such a chunk is now decoded again sequentially."""
+    long_recording(tmp_path / "long.wav", 230.0)  # the bench file's first 230 s
+    audio = read16k(tmp_path / "long.wav")
+    stretch = audio[int(188.3 * SAMPLE_RATE):int(228.3 * SAMPLE_RATE)]
+    alone = sequential.transcribe(stretch, language="en")
+    batched = tiny.transcribe(stretch, language="en")
+    assert len(alone.text.split()) >= 60
+    assert wer(alone.text, batched.text) <= 0.1, batched.text
+    check_times(batched)
