@@ -309,6 +309,7 @@ class AudioService:
         spans: list[tuple[float, float]] = []
         embeddings: dict[int, np.ndarray] = {}
         diarizing = diarize
+        lanes = max(1, int(getattr(engine, "num_workers", 1) or 1))
         sent = ""
         detected: str | None = None
         while True:
@@ -331,38 +332,45 @@ class AudioService:
             stretches = ([Stretch.single(audio, a, b) for a, b in regions] if req.needs_segments
                          else [Stretch.single(audio, p.start, p.end) for p in plan_pieces(
                              regions, len(audio), max_len=int(MERGE_S * SAMPLE_RATE), pad=0)])
-            for stretch in stretches:
+            index = 0
+            while index < len(stretches):
                 self._check_client(request)
+                # An engine that decodes several calls at once (Whisper: a CTranslate2 worker
+                # per core, one thread each) gets that many stretches side by side, as the
+                # file protocol's pieces; the first, while the language is not known, alone.
+                group = stretches[index:index + (lanes if language is not None else 1)]
+                index += len(group)
                 try:
-                    part: Transcript = await self._run(
+                    parts: list[Transcript] = await asyncio.gather(*(self._run(
                         engine.transcribe, stretch.audio, engine=engine_name,
                         # subtitles are cut at word times (asrhub.formats)
                         language=language, task=req.task,
                         word_timestamps=req.words or wants_word_timestamps(req.response_format),
-                        prompt=req.prompt, temperature=req.temperature)
+                        prompt=req.prompt, temperature=req.temperature) for stretch in group))
                 except EngineError as exc:
                     raise m.bad_request(f"the model cannot do this: {exc}", param="model") from None
                 except ValueError as exc:  # e.g. a language the engine does not know
                     raise m.bad_request(str(exc), param="language") from None
-                if part.text.strip() and part.language:
-                    detected = detected or part.language
-                    if language is None and req.task == "transcribe":
-                        language = part.language  # detected once, kept for the rest
-                spoken = [s for s in part.segments if s.text.strip()]
-                new = [stretch.place(s, offset) for s in spoken]
-                if diarizing and new:
-                    found = await self._embed(stretch.audio, [(s.start, s.end) for s in spoken])
-                    if found is None:
-                        diarizing = False  # no speaker engine: one speaker
-                    else:
-                        embeddings.update((len(segments) + i, e) for i, e in found.items())
-                segments += new
-                spans += [(s.start, s.end) for s in new]
-                if emit is not None and new:
-                    text = join_texts([s.text for s in segments])
-                    if text.startswith(sent) and len(text) > len(sent):
-                        await emit(text[len(sent):])
-                        sent = text
+                for stretch, part in zip(group, parts, strict=True):
+                    if part.text.strip() and part.language:
+                        detected = detected or part.language
+                        if language is None and req.task == "transcribe":
+                            language = part.language  # detected once, kept for the rest
+                    spoken = [s for s in part.segments if s.text.strip()]
+                    new = [stretch.place(s, offset) for s in spoken]
+                    if diarizing and new:
+                        found = await self._embed(stretch.audio, [(s.start, s.end) for s in spoken])
+                        if found is None:
+                            diarizing = False  # no speaker engine: one speaker
+                        else:
+                            embeddings.update((len(segments) + i, e) for i, e in found.items())
+                    segments += new
+                    spans += [(s.start, s.end) for s in new]
+                    if emit is not None and new:
+                        text = join_texts([s.text for s in segments])
+                        if text.startswith(sent) and len(text) > len(sent):
+                            await emit(text[len(sent):])
+                            sent = text
         duration = reader.samples / SAMPLE_RATE
         if diarize:
             self._label_speakers(segments, spans, embeddings, references if diarizing else {})
