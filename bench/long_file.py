@@ -257,7 +257,8 @@ def main() -> None:
     parser.add_argument("--paths", default="cli,8767,openai")
     parser.add_argument("--whole", action="store_true",
                         help="also the whole-array path of before (files of at most 30 min)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "long_file.md"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "long_file.md"),
+                        help="results file (the run goes on top, earlier runs stay); '-' = none")
     args = parser.parse_args()
     names = [p for p in args.paths.split(",") if p]
     if args.whole and args.minutes <= 30:
@@ -288,14 +289,19 @@ def main() -> None:
                                                  if "hwm" in r else "") for name, r in results.items())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        f"# Long files: memory through each file path\n\n"
+    if args.out == "-":
+        return
+    title = "# Long files: memory through each file path\n"
+    out = Path(args.out)
+    earlier = out.read_text().removeprefix(title).lstrip("\n") if out.exists() else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(  # the new run on top, earlier runs kept below it
+        f"{title}\n## {seconds / 60:.1f} min, {time.strftime('%Y-%m-%d %H:%M')}\n\n"
         f"`{' '.join(['.venv/bin/python', 'bench/long_file.py', *sys.argv[1:]])}` — model {args.model}, "
         f"file {path.name} ({seconds / 60:.1f} min, 16 kHz WAV, {len(reference.split())} reference words), "
         f"commit {commit}, {platform.node()}, {os.cpu_count()} CPUs, load average "
-        f"{load_before[0]:.2f} before / {load_after[0]:.2f} after, {time.strftime('%Y-%m-%d %H:%M')}.\n\n"
-        f"{table}\n\n{notes}\n")
+        f"{load_before[0]:.2f} before / {load_after[0]:.2f} after.\n\n"
+        f"{table}\n\n{notes}\n" + (f"\n{earlier}" if earlier else ""))
     print(f"wrote {args.out}", file=sys.stderr)
 
 
