@@ -43,13 +43,18 @@ MIN_INTERVAL_S = 2.0
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 
-def _malloc_trim() -> Callable[[], bool] | None:
+def _glibc(name: str):  # -> a ctypes function, or None without glibc
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # musl and others: nothing to trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):  # musl and others: nothing to tune
+        return None
+
+
+def _malloc_trim() -> Callable[[], bool] | None:
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
@@ -62,16 +67,12 @@ _TRIM = _malloc_trim()
 def limit_arenas(arenas: int | None = None) -> bool:
     """Let malloc create at most ``arenas`` arenas (default: one per usable core, 2-8). Call it
     before threads start allocating. False where there is no glibc."""
-    if not sys.platform.startswith("linux"):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     if arenas is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
         arenas = max(2, min(8, cores))
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_ARENA_MAX, arenas))
