@@ -320,6 +320,13 @@ async def test_audio_just_after_stop_joins_the_same_final(executor: InferenceExe
     await t.wait_for("session_ended")
     types = t.types()
     assert "error" not in types and types[-2:] == ["final", "session_ended"], t.sent
+    # session_ended goes out before the session releases its pump (and counts its audio):
+    # wait for the end of that, bounded (seen in CI: the assert ran in between, 0.0 s).
+    for _ in range(500):
+        if t.session.state is State.ENDED:
+            break
+        await asyncio.sleep(0.01)
+    assert t.session.state is State.ENDED
     assert t.session.audio_seconds > 2.9  # every chunk was decoded (the late ones too)
     assert t.sent[-2]["text"] == words(int(t.session.audio_seconds / 0.5))
     assert t.latencies and t.latencies[0] >= 0.5  # measured from the stop
