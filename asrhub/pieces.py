@@ -26,7 +26,9 @@ Every method blocks; the server runs them in the inference executor.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -220,30 +222,38 @@ def transcribe_file(
     task: Literal["transcribe", "translate"] = "transcribe",
     prompt: str | None = None,
     temperature: float | None = None,
+    lanes: int = 1,
 ) -> Transcript:
     """Recognise the file ``reader`` decodes, one ``engine.transcribe`` call per piece.
 
     Segment times are absolute (seconds from the start of the file); ``on_segment`` gets each
-    segment with text as soon as its piece is done. ``language`` None: detected on the first
-    piece with speech, then kept for the rest (as a whole-file decode does). ``progress`` gets
-    the fraction of the file done (by the duration its headers give, when they give one).
+    segment with text, in order, as soon as its piece and those before it are done.
+    ``language`` None: detected on the first piece with speech, then kept for the rest (as a
+    whole-file decode does). ``progress`` gets the fraction of the file done (by the duration
+    its headers give, when they give one).
+
+    ``lanes`` > 1: that many pieces are recognised side by side (an engine that decodes several
+    calls at once, such as Whisper with a CTranslate2 worker per core, one thread each, uses
+    every core this way; one decode with every core on it is slower, bench/results/long_file.md),
+    while the next piece is read. The first piece with speech runs alone while the language is
+    being detected. At most ``lanes`` pieces are held besides the one being read.
     """
+    lanes = max(1, lanes)
     total = reader.duration()
     trimmer = HeapTrimmer()
     segments: list[Segment] = []
     detected: str | None = None
-    for offset, audio in reader:
-        start = offset / SAMPLE_RATE
-        span = len(audio) / SAMPLE_RATE
-        if len(audio) and float(np.max(np.abs(audio))) >= SILENCE_PEAK:
+    pending: deque[tuple[float, float, Future[Transcript] | None]] = deque()
 
-            def piece_progress(fraction: float, start: float = start, span: float = span) -> None:
-                if progress is not None and total:
-                    progress(min(1.0, (start + fraction * span) / total))
+    def report(done_s: float) -> None:
+        if progress is not None and total:
+            progress(min(1.0, done_s / total))
 
-            part = engine.transcribe(audio, language=language, word_timestamps=word_timestamps,
-                                     progress=piece_progress, task=task, prompt=prompt,
-                                     temperature=temperature)
+    def finish_oldest() -> None:
+        nonlocal detected, language
+        start, span, future = pending.popleft()
+        if future is not None:
+            part = future.result()
             if part.text.strip() and part.language:
                 detected = detected or part.language
                 if language is None and task == "transcribe":
@@ -254,9 +264,31 @@ def transcribe_file(
                     segments.append(placed)
                     if on_segment is not None:
                         on_segment(placed)
-        if progress is not None and total:
-            progress(min(1.0, (start + span) / total))
+        report(start + span)
         trimmer.maybe_trim()  # the piece's buffers back to the system (asrhub.heap)
+
+    with ThreadPoolExecutor(lanes, thread_name_prefix="asrhub-piece") as pool:
+        for offset, audio in reader:
+            start = offset / SAMPLE_RATE
+            span = len(audio) / SAMPLE_RATE
+            future: Future[Transcript] | None = None
+            if len(audio) and float(np.max(np.abs(audio))) >= SILENCE_PEAK:
+                while pending and (len(pending) >= lanes
+                                   or (language is None and task == "transcribe")):
+                    finish_oldest()  # a free lane, or the language the next piece needs
+
+                def piece_progress(fraction: float, start: float = start, span: float = span) -> None:
+                    report(start + fraction * span)
+
+                future = pool.submit(
+                    engine.transcribe, audio, language=language, word_timestamps=word_timestamps,
+                    progress=piece_progress if lanes == 1 else None, task=task, prompt=prompt,
+                    temperature=temperature)
+            pending.append((start, span, future))
+            while pending and (pending[0][2] is None or pending[0][2].done()):
+                finish_oldest()
+        while pending:
+            finish_oldest()
     if progress is not None:
         progress(1.0)
     return Transcript(join_texts([s.text for s in segments]), detected or language,

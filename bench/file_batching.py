@@ -11,13 +11,14 @@ language given, not conditioned on previous text):
 - ``sequential+vad``: the same with faster-whisper's Silero VAD filter (silence never decoded).
 - ``batched N``: faster-whisper's ``BatchedInferencePipeline`` (Silero VAD cuts speech into
   chunks of up to 30 s, N chunks per encoder/decoder call, no timestamps), N = 4, 8, 16.
-- ``asrhub``: the hub's Whisper engine (``hub.engine_sync("asr").transcribe``: what ``asrhub
-  transcribe``, the OpenAI API and file transcription call).
-
-``asrhub`` is the hub's engine at its defaults: since issue 14's decision, English audio over 30 s
-goes through the same batched pipeline (``file_batch_size`` chunks per call), so its row should
-match ``batched 8``; ``asrhub sequential`` is the engine with ``file_batch_size = 1`` (the path of
-before).
+- ``asrhub``: the hub's Whisper engine at its defaults (``hub.engine_sync("asr").transcribe`` on
+  the whole file: one decode lane, one thread). Since the 2026-11-29 22:00 run it is the
+  sequential decoder (``file_batch_size`` auto = 1 on the CPU).
+- ``asrhub batched 8``: the same engine with ``file_batch_size = 8`` (the default before): the
+  batched pipeline, its chunks split across the decode lanes.
+- ``asrhub pieces``: what ``asrhub transcribe`` does (:func:`asrhub.pieces.transcribe_file`): the
+  file read in 120 s pieces cut at quiet points, one piece per decode lane side by side, each
+  decoded sequentially (file decoding included in its time).
 
 ``--live``: does a live stream suffer while a long file transcribes? In one hub (its inference
 executor, as the servers use it), the long file is transcribed over and over at batch priority
@@ -60,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_overhead import OTHER, READER, make_files  # noqa: E402
 
 from asrhub.audio import decode_file  # noqa: E402
+from asrhub.pieces import FILE_PIECE_S, PieceReader, transcribe_file  # noqa: E402
 from asrhub.testing import manifest, testdata_dir, wer  # noqa: E402
 
 RATE = 16000
@@ -88,7 +90,7 @@ def long_file(folder: Path, minutes: float) -> dict[str, Any]:
             "reference": " ".join(refs)}
 
 
-def variants(model_name: str) -> dict[str, Callable[[np.ndarray], str]]:
+def variants(model_name: str) -> dict[str, Callable[[np.ndarray, str], str]]:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     from asrhub.config import parse_config
@@ -103,34 +105,44 @@ def variants(model_name: str) -> dict[str, Callable[[np.ndarray], str]]:
                          local_files_only=True)
     common = {"language": "en", "beam_size": 1, "condition_on_previous_text": False}
 
-    def sequential(vad: bool) -> Callable[[np.ndarray], str]:
-        def run(audio: np.ndarray) -> str:
+    def sequential(vad: bool) -> Callable[[np.ndarray, str], str]:
+        def run(audio: np.ndarray, path: str) -> str:
             segments, _ = model.transcribe(audio, vad_filter=vad, **common)
             return " ".join(s.text.strip() for s in segments)
         return run
 
     pipeline = BatchedInferencePipeline(model)
 
-    def batched(size: int) -> Callable[[np.ndarray], str]:
-        def run(audio: np.ndarray) -> str:
+    def batched(size: int) -> Callable[[np.ndarray, str], str]:
+        def run(audio: np.ndarray, path: str) -> str:
             segments, _ = pipeline.transcribe(audio, batch_size=size, without_timestamps=True,
                                               **common)
             return " ".join(s.text.strip() for s in segments)
         return run
 
-    def hub_engine(**whisper: Any) -> Callable[[np.ndarray], str]:
+    def hub_engine(**whisper: Any) -> Any:
         hub = Hub(parse_config({"engines": {"whisper": {"model": model_name, "language": "en",
                                                         **whisper}}}), make_plugin_manager())
-        engine = hub.engine_sync("asr")
+        return hub.engine_sync("asr")
 
-        def run(audio: np.ndarray) -> str:
+    def whole(engine: Any) -> Callable[[np.ndarray, str], str]:
+        def run(audio: np.ndarray, path: str) -> str:
             return engine.transcribe(audio, language="en").text
+        return run
+
+    def pieces(engine: Any) -> Callable[[np.ndarray, str], str]:
+        def run(audio: np.ndarray, path: str) -> str:
+            with PieceReader(path, FILE_PIECE_S) as reader:
+                return transcribe_file(engine, reader, language="en",
+                                       lanes=engine.num_workers).text
         return run
 
     out = {"sequential": sequential(False), "sequential+vad": sequential(True)}
     out.update({f"batched {n}": batched(n) for n in BATCH_SIZES})
-    out["asrhub"] = hub_engine()
-    out["asrhub sequential"] = hub_engine(file_batch_size=1)
+    default = hub_engine()
+    out["asrhub"] = whole(default)
+    out["asrhub batched 8"] = whole(hub_engine(file_batch_size=8))
+    out["asrhub pieces"] = pieces(default)
     return out
 
 
@@ -143,7 +155,7 @@ def measure(model: str, files: list[dict[str, Any]], repeats: int) -> dict[str, 
     runs = variants(model)
     warm = decode_file(files[0]["path"])
     for run in runs.values():
-        run(warm)
+        run(warm, files[0]["path"])
     results: dict[str, dict[str, Any]] = {name: {} for name in runs}
     for file in files[1:]:
         audio = decode_file(file["path"])
@@ -151,7 +163,7 @@ def measure(model: str, files: list[dict[str, Any]], repeats: int) -> dict[str, 
         for repeat in range(repeats):
             for name, run in order if repeat % 2 == 0 else order[::-1]:
                 cpu, wall = cpu_now(), time.perf_counter()
-                text = run(audio)
+                text = run(audio, file["path"])
                 wall, cpu = time.perf_counter() - wall, cpu_now() - cpu
                 best = results[name].get(file["name"])
                 if best is None or wall < best["wall"]:

@@ -10,9 +10,11 @@ monotonic timestamps and valid SRT; memory is asserted on the decoders' own high
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import soundfile as sf
 import structlog
 
 from asrhub.audio import AudioError, decode_file
-from asrhub.pieces import BLOCK_FRAMES, FILE_PIECE_S, PieceReader
+from asrhub.pieces import BLOCK_FRAMES, FILE_PIECE_S, PieceReader, transcribe_file
 from asrhub.testing import long_recording, make_hub, running_server, wer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +102,57 @@ def test_piece_reader_refuses_what_is_not_audio(tmp_path) -> None:
         PieceReader(tmp_path / "missing.wav", 10.0).open()
 
 
+class CountingEngine:
+    """A real engine, with the calls it gets and how many ran at once recorded."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.languages: list[str | None] = []
+        self.running = self.most = 0
+        self._lock = threading.Lock()
+
+    def transcribe(self, audio: np.ndarray, **options: Any) -> Any:
+        with self._lock:
+            self.languages.append(options["language"])
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            return self.engine.transcribe(audio, **options)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@pytest.mark.slow  # two decodes of 1.5 minutes: ~10 s
+def test_pieces_side_by_side_give_what_one_by_one_gives(tmp_path) -> None:
+    path = tmp_path / "two_rounds.wav"
+    reference = long_recording(path, 50.0)  # two rounds of the clips: 87 s
+    hub = make_hub({"engines": ENGINES}, only=[])
+    try:
+        engine = hub.engine_sync("asr")
+        assert engine.num_workers == 2 or len(os.sched_getaffinity(0)) != 2  # a lane per core
+        results = {}
+        for lanes in (1, 2):
+            counting, seen, fractions = CountingEngine(engine), [], []
+            with PieceReader(path, 20.0) as reader:
+                transcript = transcribe_file(counting, reader, lanes=lanes, on_segment=seen.append,
+                                             progress=fractions.append)
+            assert seen == transcript.segments  # handed out in order, each once
+            assert fractions == sorted(fractions) and fractions[-1] == 1.0
+            # The language is detected on the first piece, alone; the rest are given it.
+            assert counting.languages[0] is None and len(counting.languages) >= 5
+            assert set(counting.languages[1:]) == {"en"}
+            assert counting.most == lanes
+            results[lanes] = transcript
+        one, two = results[1], results[2]
+        assert [(s.start, s.end, s.text) for s in two.segments] == \
+            [(s.start, s.end, s.text) for s in one.segments]
+        assert two.language == one.language == "en" and two.duration == one.duration
+        assert wer(reference, two.text) < 0.1
+    finally:
+        hub.unload_engines()
+
+
 # --------------------------------------------------------------------------- the three paths
 
 
@@ -111,9 +164,9 @@ def long_file(tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def whole_file_wer(long_file) -> float:
-    """The WER of the path of before: the whole file decoded into one array, one
-    ``engine.transcribe`` call (faster-whisper's own 30 s windows over all of it: sequential,
-    ``file_batch_size = 1``; the batched pipeline scores better on it)."""
+    """The WER of the bare engine's standard decode: the whole file decoded into one array, one
+    ``engine.transcribe`` call (faster-whisper's own 30 s windows over all of it, one after
+    another: ``file_batch_size = 1``, the default on the CPU)."""
     sequential = {**ENGINES, "whisper": {**ENGINES["whisper"], "file_batch_size": 1}}
     hub = make_hub({"engines": sequential}, only=[])
     try:

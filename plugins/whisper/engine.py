@@ -78,6 +78,7 @@ import contextlib
 import functools
 import math
 import os
+import re
 import threading
 import time
 import zlib
@@ -105,6 +106,7 @@ from asrhub.executor import Priority, current_call
 from asrhub.text import join_texts
 from asrhub_plugins.whisper.batching import DecodeBatcher, DecodeRequest
 from asrhub_plugins.whisper.device import Placement, check_supported, place
+from asrhub_plugins.whisper.features import BlockFeatureExtractor
 from asrhub_plugins.whisper.models import resolve_model
 from asrhub_plugins.whisper.settings import WhisperSettings
 from asrhub_plugins.whisper.text import (
@@ -130,6 +132,7 @@ MAX_LENGTH = 448  # the decoder's positions: prompt + generated tokens
 FEATURE_TAIL = SAMPLE_RATE  # silence after the audio whose log-mel frames are computed
 SHORT_CLIP_S = 20.0
 BATCHED_MIN_S = 30.0  # longer audio may take the batched pipeline (file_batch_size > 1)
+GPU_FILE_BATCH = 16  # file_batch_size "auto" on a GPU (on the CPU: 1, the sequential decoder)
 LIVE_RECENT_S = 5.0  # a live decode this recent makes file batches one chunk long
 # faster-whisper's defaults for dropping silence and detecting loops.
 NO_SPEECH_THRESHOLD = 0.6
@@ -228,9 +231,20 @@ def _compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def _word_count(text: str) -> float:
+    """Words of ``text``: space-separated words, a CJK character (written without spaces, about
+    twice as many per second of speech as English words) counting half."""
+    cjk = len(_CJK_CHAR.findall(text))
+    return len(_CJK_CHAR.sub(" ", text).split()) + cjk / 2
+
+
 def _stopped_early(text: str, span_s: float) -> bool:
-    """A batched chunk's text is too short for its span (see :data:`TRUNCATED_WORDS_PER_S`)."""
-    return span_s >= TRUNCATED_MIN_S and len(text.split()) < TRUNCATED_WORDS_PER_S * span_s
+    """A decode without timestamps whose text is too short for its audio (see
+    :data:`TRUNCATED_WORDS_PER_S`): Whisper wrote a first sentence and its end token."""
+    return span_s >= TRUNCATED_MIN_S and _word_count(text) < TRUNCATED_WORDS_PER_S * span_s
 
 
 def _repeats_itself(tokens: list[int], max_gram: int = 8) -> bool:
@@ -269,6 +283,8 @@ class WhisperEngine:
         self.placement = placement = _placement(settings)
         self.device = placement.device
         self.num_workers = decode_workers(settings.num_workers, placement.device.is_cuda)
+        self.file_batch_size = settings.file_batch_size or (
+            GPU_FILE_BATCH if placement.device.is_cuda else 1)
         started = time.perf_counter()
         try:
             self._model = WhisperModel(
@@ -295,6 +311,8 @@ class WhisperEngine:
                      compute_type=placement.compute_type, max_batch=placement.batching.max_batch,
                      batch_gather_ms=placement.batching.gather_ms,
                      batch_max_window_s=placement.batching.max_window_s)
+        # The same features in bounded memory (long inputs: asrhub_plugins.whisper.features).
+        self._model.feature_extractor = BlockFeatureExtractor(**self._model.feat_kwargs)
         self._ct2 = self._model.model
         self.multilingual = bool(self._ct2.is_multilingual)
         hf = self._model.hf_tokenizer
@@ -433,6 +451,10 @@ class WhisperEngine:
         text = collapse_repeated_sentences(text)
         if request.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
             text = ""
+        elif not partial and _stopped_early(text, duration):
+            redone = self._decode_sequentially(audio, language, previous, started)
+            redone.language_probability = float(request.language_probability)
+            return redone
         return Decoded(
             text=self._script.apply(text, language),
             language=language,
@@ -444,6 +466,30 @@ class WhisperEngine:
             compute_s=time.perf_counter() - started,
             batch_size=request.batch_size,
         )
+
+    def _decode_sequentially(self, audio: Audio, language: str, previous: str,
+                             started: float) -> Decoded:
+        """An utterance whose decode stopped early (see :func:`_stopped_early`), decoded again as
+        files are: 30 s windows with timestamps, so that Whisper goes on after the timestamp
+        of the sentence it ended at (seen: a 20 s file piece of five sentences came back as the
+        first one only; bench/results/accuracy.md)."""
+        log.debug("whisper_utterance_redone", duration=round(len(audio) / SAMPLE_RATE, 2))
+        with self._running():
+            pieces, _ = self._model.transcribe(
+                audio, language=language, beam_size=self.settings.beam_size,
+                condition_on_previous_text=False,
+                initial_prompt=previous or self.settings.initial_prompt or None)
+            found = [piece for piece in pieces
+                     if not (piece.no_speech_prob > NO_SPEECH_THRESHOLD
+                             and piece.avg_logprob < LOGPROB_THRESHOLD)]
+        text = join_texts([collapse_repeated_sentences(piece.text.strip()) for piece in found])
+        avg_logprob = float(np.mean([piece.avg_logprob for piece in found])) if found else -10.0
+        return Decoded(
+            text=self._script.apply(text, language), language=language, language_probability=0.0,
+            avg_logprob=avg_logprob,
+            no_speech_prob=float(min((piece.no_speech_prob for piece in found), default=1.0)),
+            duration=len(audio) / SAMPLE_RATE, window=FULL_WINDOW,
+            compute_s=time.perf_counter() - started)
 
     def final_window(self, samples: int) -> int:
         """The encoder window of a final (or file) decode of ``samples`` of audio."""
@@ -556,7 +602,7 @@ class WhisperEngine:
             if progress is not None:
                 progress(1.0)
             return Transcript(decoded.text, decoded.language, duration, segments)
-        if (self.settings.file_batch_size > 1 and duration > BATCHED_MIN_S and not prompt
+        if (self.file_batch_size > 1 and duration > BATCHED_MIN_S and not prompt
                 and not temperature and not self.settings.condition_on_previous
                 and (task == "transcribe" or not self.multilingual)):
             if lang is None:
@@ -600,7 +646,7 @@ class WhisperEngine:
         in the last :data:`LIVE_RECENT_S`."""
         if self.batcher.busy or time.perf_counter() - self._live_at < LIVE_RECENT_S:
             return 1
-        return self.settings.file_batch_size
+        return self.file_batch_size
 
     def _transcribe_batched(self, audio: Audio, language: str | None, *, word_timestamps: bool,
                             progress: ProgressCallback | None,
@@ -620,7 +666,7 @@ class WhisperEngine:
                 word_timestamps=word_timestamps,
                 without_timestamps=True,
                 initial_prompt=" " + prompt if prompt else None,
-                batch_size=self.settings.file_batch_size,
+                batch_size=self.file_batch_size,
                 vad_filter=True,
                 condition_on_previous_text=False,
             )
@@ -751,7 +797,7 @@ def _warm_up_cuda(model) -> None:  # model: faster_whisper.WhisperModel
     library fails here, at start-up, rather than in the first session."""
     import ctranslate2
 
-    frames = np.zeros((1, model.feature_extractor.n_mels, MIN_WINDOW), dtype=np.float32)
+    frames = np.zeros((1, model.model.n_mels, MIN_WINDOW), dtype=np.float32)
     model.model.encode(ctranslate2.StorageView.from_array(frames), to_cpu=True)
 
 

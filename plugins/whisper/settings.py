@@ -29,8 +29,8 @@ class WhisperSettings:
     # stop -> final p95 0.65 s with 1 thread x 2 workers against 1.25-1.64 s with 2 threads x 1
     # worker and 0.85-1.03 s with 2 x 2, and 20-25 % less CPU per audio second (a second
     # thread on a small decode mostly waits for the first). One stream alone is a little slower
-    # (base: final p95 0.70 against 0.64 s). `asrhub transcribe` (one file) gives its decode
-    # every core instead when neither is set.
+    # (base: final p95 0.70 against 0.64 s). Files use the lanes too: `asrhub transcribe` decodes
+    # one piece per lane side by side (0.66x the time of one decode on every core, tiny.en).
     cpu_threads: int = 1
     num_workers: int = 0
     beam_size: int = 1
@@ -78,11 +78,13 @@ class WhisperSettings:
     vad_filter: bool = False
     # Files longer than 30 s: faster-whisper's batched pipeline, this many speech chunks (of up
     # to 30 s, cut by its Silero VAD) per encoder/decoder call; 1 = the sequential decoder
-    # (30 s windows one after another) as before. Measured on 2 CPU cores (tiny.en):
-    # 0.66-0.77x the sequential time at equal or lower WER (bench/results/file_batching.md).
-    # While live streams decode, file batches shrink to one chunk so a live final never waits
-    # for a whole batch (plugins/whisper/README.md: Files).
-    file_batch_size: int = 8
+    # (30 s windows one after another, Whisper's standard decode); 0 = auto: 1 on the CPU,
+    # GPU_FILE_BATCH on a GPU. On 2 CPU cores (tiny.en) the pipeline took 0.66-0.77x the time of
+    # one sequential decode, but files cut into pieces decoded side by side (one per decode lane)
+    # are faster still and never less accurate than the bare engine, which the pipeline was on
+    # long files (WER 3.43 % against 3.06 %; bench/results/file_batching.md). While live
+    # streams decode, file batches shrink to one chunk (plugins/whisper/README.md: Files).
+    file_batch_size: int = 0
 
     def validate(self) -> None:
         if not self.model.strip():
@@ -101,8 +103,9 @@ class WhisperSettings:
             raise ValueError("batch_max_window_s must be between 10 and 30")
         if not 0 <= self.batch_gather_ms <= 200:
             raise ValueError("batch_gather_ms must be between 0 and 200")
-        if not 1 <= self.file_batch_size <= 64:
-            raise ValueError("file_batch_size must be between 1 and 64 (1 = sequential decoding)")
+        if not 0 <= self.file_batch_size <= 64:
+            raise ValueError("file_batch_size must be between 0 and 64 (0 = auto, 1 = sequential "
+                             "decoding)")
         if self.partial_interval < 0:
             raise ValueError("partial_interval must be >= 0 (0 disables partial results)")
         if not 2.0 <= self.max_utterance_s <= 29.0:

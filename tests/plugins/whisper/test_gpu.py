@@ -22,7 +22,7 @@ from asrhub.devices import Device, DeviceUnavailable, ctranslate2_cuda_devices, 
 from asrhub.engine import EngineError
 from asrhub.testing import manifest, wer
 from asrhub_plugins.whisper.device import Batching, check_supported, place
-from asrhub_plugins.whisper.engine import WhisperEngine
+from asrhub_plugins.whisper.engine import GPU_FILE_BATCH, WhisperEngine, _warm_up_cuda
 from asrhub_plugins.whisper.settings import WhisperSettings
 
 from .test_whisper_accuracy import CLIPS, decode_at_once  # CLIPS: trustworthy English recordings
@@ -97,6 +97,17 @@ def test_the_default_engine_runs_on_the_cpu_in_int8_as_before(tiny: WhisperEngin
     assert tiny._ct2.device == "cpu"
     assert tiny._ct2.compute_type == "int8_float32"  # CTranslate2's name for int8 on the CPU
     assert (tiny.batcher.max_batch, tiny.batcher.gather_s, tiny.batcher.max_window) == (8, 0.01, 1000)
+
+
+def test_file_batch_size_auto_is_sequential_on_the_cpu(tiny: WhisperEngine) -> None:
+    assert tiny.settings.file_batch_size == 0  # auto
+    assert tiny.file_batch_size == (GPU_FILE_BATCH if tiny.device.is_cuda else 1)
+
+
+def test_the_gpu_warm_up_pass_runs(tiny: WhisperEngine) -> None:
+    # The encoder pass a GPU engine makes at load (to fail at start-up without cuBLAS) runs on
+    # any device; it once asked the feature extractor for an attribute it does not have.
+    _warm_up_cuda(tiny._model)
 
 
 def test_a_compute_type_this_ctranslate2_cannot_run_there_is_named() -> None:

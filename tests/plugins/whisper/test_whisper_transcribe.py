@@ -164,3 +164,38 @@ def test_transcribe_utterance(tiny: WhisperEngine, clip, transcripts) -> None:
     decoded = tiny.transcribe_utterance(longest)
     reference = " ".join(transcripts[n] for n in LIBRIVOX)
     assert wer(f"{reference} {reference}", decoded.text) < 0.2
+
+
+def test_an_utterance_that_stops_after_its_first_sentence_is_decoded_again(
+        tiny: WhisperEngine, clip, transcripts, monkeypatch) -> None:
+    """Seen on a 20 s piece of a file (the file protocol's pieces are up to 20 s, decoded as
+    utterances, without timestamps): five recordings with short pauses came back as the first
+    sentence only. Such a decode is done again with timestamps (the file path)."""
+    from asrhub_plugins.whisper import engine as whisper_engine
+
+    names = ["en/pocketsphinx_forever_input_2_16k.wav", "en/speechbrain_example1.wav",
+             "en/speechbrain_spk1_snt1.wav", "en/speechbrain_spk1_snt3.wav",
+             "en/speechbrain_spk1_snt4.wav"]
+    pauses = [1.2, 0.9, 1.6, 0.8, 0.3]
+    audio = np.concatenate([part for name, pause in zip(names, pauses, strict=True)
+                            for part in (clip(name), np.zeros(int(pause * SAMPLE_RATE), np.float32))])
+    reference = " ".join(transcripts[name] for name in names)
+    decoded = tiny.decode(audio, "en")
+    assert wer(reference, decoded.text) < 0.15, decoded.text
+    assert decoded.language == "en" and 0 < decoded.confidence <= 1
+    assert tiny.transcribe(audio, language="en").text == decoded.text  # files: the same path
+    # What the check catches: without it, this audio gives its first sentence only.
+    monkeypatch.setattr(whisper_engine, "TRUNCATED_MIN_S", 1e9)
+    assert wer(reference, tiny.decode(audio, "en").text) > 0.5
+
+
+def test_words_per_second_counts_cjk_characters() -> None:
+    from asrhub_plugins.whisper.engine import _stopped_early, _word_count
+
+    assert _word_count("Feels like these days go on forever.") == 7
+    assert _word_count("欢迎大家来体验达摩院推出的语音识别模型") == 9.5  # 19 characters
+    assert _word_count("我们用 Whisper 识别") == 3.5  # 5 characters and a word
+    assert _stopped_early("Feels like these days go on forever.", 20.0)
+    assert not _stopped_early("Feels like these days go on forever.", 7.9)  # too short to tell
+    assert not _stopped_early("欢迎大家来体验达摩院推出的语音识别模型", 10.0)
+    assert _stopped_early("欢迎大家来体验。", 20.0)
