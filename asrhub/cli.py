@@ -139,26 +139,45 @@ def _piece_seconds(value: str) -> float:
     return seconds
 
 
+def file_engine_threads(whisper: dict, seconds: float, piece_s: float) -> dict:
+    """Whisper's ``cpu_threads`` / ``num_workers`` for `asrhub transcribe` of a file of
+    ``seconds`` (0: unknown) read in pieces of ``piece_s``, unless the configuration sets
+    either: a file of one piece gets every core on its one decode, as the bare engine does; a
+    longer one a decode lane per core, one thread each, its pieces side by side (about 0.9x the
+    bare engine's time on 20.7 min, bench/results/long_file.md)."""
+    if "cpu_threads" in whisper or "num_workers" in whisper:
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if 0 < seconds <= piece_s:
+        return {"cpu_threads": cores, "num_workers": 1}
+    return {"cpu_threads": 1, "num_workers": 0}
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asrhub.audio import AudioError
     from asrhub.formats import render, wants_word_timestamps
     from asrhub.heap import limit_arenas
     from asrhub.pieces import FILE_PIECE_S, PieceReader, transcribe_file
 
-    limit_arenas()
+    # One malloc arena: the decode lanes' freed encoder buffers are then reused by the next
+    # pass instead of each arena keeping its own (20.7-min bench file: median RSS 347 -> 320 MB).
+    limit_arenas(1)
     config = _load(args)
     configure_logging("warning" if not args.verbose else "info", "console" if sys.stderr.isatty() else "json")
-    hub = _build_hub(config)
     # Decoded a piece at a time (asrhub.pieces): memory stays O(piece) whatever the length.
-    reader = PieceReader(args.file, args.piece_seconds or FILE_PIECE_S, name=str(args.file))
+    piece_s = args.piece_seconds or FILE_PIECE_S
+    reader = PieceReader(args.file, piece_s, name=str(args.file))
     try:
         reader.open()
     except AudioError as exc:
         reader.close()
         print(f"asrhub: {args.file}: {exc}", file=sys.stderr)
         return 2
-    engine = hub.engine_sync("asr", args.engine)
     seconds = reader.duration() or 0.0
+    whisper = config.engine_sections.setdefault("whisper", {})
+    whisper.update(file_engine_threads(whisper, seconds, piece_s))
+    hub = _build_hub(config)
+    engine = hub.engine_sync("asr", args.engine)
     bar = None
     if seconds > 30 and sys.stderr.isatty() or args.progress:
         from tqdm import tqdm

@@ -7,8 +7,9 @@ The same files through:
                settings passed by hand (int8, 2 threads, beam 1, no VAD filter, not conditioned
                on previous text, language given);
   (b) hub      what ``asrhub transcribe`` does: the file decoded and recognised in pieces by
-               ``asrhub.pieces`` (``PieceReader`` + ``transcribe_file`` on the hub's shared
-               Whisper engine; decoding is interleaved, so it counts in the ASR time);
+               ``asrhub.pieces`` (``PieceReader`` + ``transcribe_file`` on the hub's
+               Whisper engine, loaded with the CLI's threads for a file of one piece: every
+               core on its one decode; decoding is interleaved, so it counts in the ASR time);
   (c) 8767     the file-transcription protocol end to end on a real server on loopback: upload,
                hash, probe, queue, decode, Silero VAD, speaker embeddings + clustering, Whisper
                per piece, result — timed at the client from ``upload_request`` to
@@ -148,22 +149,25 @@ def load_bare(model: str) -> tuple[float, Once]:
 
 
 def load_hub(model: str) -> tuple[float, Once, Any]:
+    from asrhub.cli import file_engine_threads
     from asrhub.config import parse_config
     from asrhub.hub import Hub
+    from asrhub.pieces import FILE_PIECE_S, PieceReader, transcribe_file
     from asrhub.plugins import make_plugin_manager
 
-    hub = Hub(parse_config({"engines": {"whisper": {"model": model, "language": "en"}}}),
-              make_plugin_manager())
+    # The engine as `asrhub transcribe` loads it for these files (each under one piece: every
+    # core on its one decode; a longer file would get a decode lane per core).
+    whisper = {"model": model, "language": "en", **file_engine_threads({}, FILE_PIECE_S, FILE_PIECE_S)}
+    hub = Hub(parse_config({"engines": {"whisper": whisper}}), make_plugin_manager())
     started = time.perf_counter()
     engine = hub.engine_sync("asr")
     load_s = time.perf_counter() - started
 
     def once(file: dict) -> tuple[float, float, str]:
-        from asrhub.pieces import FILE_PIECE_S, PieceReader, transcribe_file
-
         t0 = time.perf_counter()
         with PieceReader(file["path"], FILE_PIECE_S) as reader:
-            transcript = transcribe_file(engine, reader, language=None, word_timestamps=False)
+            transcript = transcribe_file(engine, reader, language=None, word_timestamps=False,
+                                         lanes=engine.num_workers)
         return 0.0, time.perf_counter() - t0, transcript.text
 
     return load_s, once, engine

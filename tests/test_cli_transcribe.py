@@ -115,3 +115,20 @@ def test_synthesised_speech_never_heard_before(tmp_path, shared_state):
     result = run(["transcribe", str(wav)], shared_state, '[engines.whisper]\nmodel = "tiny.en"\n')
     assert result.returncode == 0, result.stderr
     assert wer(sentence, result.stdout) <= 0.35, result.stdout
+
+
+def test_the_threads_a_file_gets() -> None:
+    """`asrhub transcribe`: every core on the one decode of a file of one piece (as the bare
+    engine runs), a decode lane per core for a longer one (pieces side by side); a
+    configuration that sets either key keeps its own."""
+    import os
+
+    from asrhub.cli import file_engine_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert file_engine_threads({}, 63.0, 120.0) == {"cpu_threads": cores, "num_workers": 1}
+    assert file_engine_threads({}, 120.0, 120.0) == {"cpu_threads": cores, "num_workers": 1}
+    assert file_engine_threads({}, 121.0, 120.0) == {"cpu_threads": 1, "num_workers": 0}
+    assert file_engine_threads({}, 0.0, 120.0) == {"cpu_threads": 1, "num_workers": 0}  # unknown
+    assert file_engine_threads({"num_workers": 3}, 600.0, 120.0) == {}
+    assert file_engine_threads({"cpu_threads": 2}, 60.0, 120.0) == {}

@@ -5,10 +5,10 @@ One :class:`WhisperEngine` (one CTranslate2 model) is shared by every session.
 Two decoding paths:
 
 - Files (:meth:`WhisperEngine.transcribe`) go through faster-whisper's ``transcribe`` (30 s
-  windows, timestamps, word timestamps, temperature fallback, optional VAD filter). Clips of
-  at most :data:`SHORT_CLIP_S` without word timestamps take the utterance path below instead.
-  Audio over :data:`BATCHED_MIN_S` takes faster-whisper's batched pipeline when
-  ``file_batch_size`` > 1 (see *Batched files* below).
+  windows, timestamps, word timestamps, temperature fallback, optional VAD filter): the bare
+  engine's standard decode. Clips of at most :data:`SHORT_CLIP_S` without word timestamps take
+  the utterance path below instead. Audio over :data:`BATCHED_MIN_S` takes faster-whisper's
+  batched pipeline when ``file_batch_size`` > 1 (on a GPU by default; see *Batched files*).
 - Utterances (:meth:`WhisperEngine.decode`, used by the streams and by
   :meth:`WhisperEngine.transcribe_utterance`) call CTranslate2 directly: one encoder pass, the
   language (when not given) read off that same encoder output, then one greedy/beam decode
@@ -25,14 +25,22 @@ later, use the 10 s minimum. A looping, truncated or sentence-repeating decode i
 with 30 s; a sentence Whisper still repeats at 30 s is kept once
 (:func:`~asrhub_plugins.whisper.text.collapse_repeated_sentences`).
 
+A decode without timestamps that stops after its first sentence (:func:`_stopped_early`) is
+done again with timestamps, which let Whisper go on from where the sentence ended.
+
 Batched files. Issue 14 asked for a batched pipeline for long files where it beats sequential
 decoding on CPU at equal WER; measured (bench/results/file_batching.md, 2 cores, tiny.en):
-faster-whisper's :class:`~faster_whisper.BatchedInferencePipeline` took 0.66-0.77x the
-sequential time at equal or lower WER. Much of that comes from what it leaves out, not from
+faster-whisper's :class:`~faster_whisper.BatchedInferencePipeline` took 0.66-0.77x the time of
+one sequential decode on every core at equal or lower WER on varied files. But pieces of a file
+decoded sequentially side by side, one per decode lane (:func:`asrhub.pieces.transcribe_file`),
+are faster still, and on the long bench recordings the pipeline was less accurate than the
+sequential decoder (WER 3.43 % against 3.06 % on 20.7 min): so on the CPU ``file_batch_size``
+is 1 by default, and the pipeline is what a GPU gets (``GPU_FILE_BATCH``). When it runs, much of
+its speed comes from what it leaves out, not from
 batched encoder passes (on CPU a batch of long windows encodes no faster than one by one, see
 :mod:`.batching`): Silero cuts the audio into speech chunks of up to 30 s (no silence decoded,
 no 30 s windows re-decoded from the last timestamp) and the decoder writes no timestamp tokens;
-the decoder's token steps are shared by a batch (batch 4: 0.77x, 16: 0.66x). So:
+the decoder's token steps are shared by a batch (batch 4: 0.77x, 16: 0.66x). With it on:
 
 - English transcription of audio over :data:`BATCHED_MIN_S` (30 s, so that there is something
   to batch: the 20-30 s pieces of the OpenAI API and the file protocol keep the paths above),
@@ -313,6 +321,8 @@ class WhisperEngine:
                      batch_max_window_s=placement.batching.max_window_s)
         # The same features in bounded memory (long inputs: asrhub_plugins.whisper.features).
         self._model.feature_extractor = BlockFeatureExtractor(**self._model.feat_kwargs)
+        if not placement.device.is_cuda:
+            self._model.encode = _one_at_a_time(self._model.encode)  # type: ignore[method-assign]
         self._ct2 = self._model.model
         self.multilingual = bool(self._ct2.is_multilingual)
         hf = self._model.hf_tokenizer
@@ -732,6 +742,24 @@ class WhisperEngine:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._ct2.unload_model()
+
+
+def _one_at_a_time(encode: Callable[[np.ndarray], object]) -> Callable[[np.ndarray], object]:
+    """faster-whisper's encoder call (its files' 30 s windows), one call at a time.
+
+    On the CPU a 30 s encoder pass holds ~80 MB of attention buffers while it runs (tiny.en;
+    measured: two passes at once, +160 MB), so file pieces decoded side by side (one per decode
+    lane) set the peak memory whenever their encoder passes meet. Taking turns here keeps that to
+    one pass while the decoders still run side by side: `asrhub transcribe` of the 20.7-min bench
+    file, two lanes, one malloc arena: peak RSS 436 -> 375 MB for 24.5 -> 26.7 s
+    (bench/results/long_file.md). Live decodes call CTranslate2 directly (the batcher) and never
+    wait here."""
+    turn = threading.Lock()
+
+    def encode_in_turn(features: np.ndarray) -> object:
+        with turn:
+            return encode(features)
+    return encode_in_turn
 
 
 @functools.cache

@@ -29,8 +29,8 @@ class WhisperSettings:
     # stop -> final p95 0.65 s with 1 thread x 2 workers against 1.25-1.64 s with 2 threads x 1
     # worker and 0.85-1.03 s with 2 x 2, and 20-25 % less CPU per audio second (a second
     # thread on a small decode mostly waits for the first). One stream alone is a little slower
-    # (base: final p95 0.70 against 0.64 s). Files use the lanes too: `asrhub transcribe` decodes
-    # one piece per lane side by side (0.66x the time of one decode on every core, tiny.en).
+    # (base: final p95 0.70 against 0.64 s). `asrhub transcribe` sets these itself unless either
+    # is set here: every core on one decode for a file of one piece, else a lane per core.
     cpu_threads: int = 1
     num_workers: int = 0
     beam_size: int = 1
@@ -76,13 +76,13 @@ class WhisperSettings:
     gpu_batch_max_window_s: float = 30.0
     # Files: skip non-speech with faster-whisper's Silero filter before decoding.
     vad_filter: bool = False
-    # Files longer than 30 s: faster-whisper's batched pipeline, this many speech chunks (of up
-    # to 30 s, cut by its Silero VAD) per encoder/decoder call; 1 = the sequential decoder
-    # (30 s windows one after another, Whisper's standard decode); 0 = auto: 1 on the CPU,
-    # GPU_FILE_BATCH on a GPU. On 2 CPU cores (tiny.en) the pipeline took 0.66-0.77x the time of
-    # one sequential decode, but files cut into pieces decoded side by side (one per decode lane)
-    # are faster still and never less accurate than the bare engine, which the pipeline was on
-    # long files (WER 3.43 % against 3.06 %; bench/results/file_batching.md). While live
+    # Files longer than 30 s: 1 = the sequential decoder (30 s windows one after another,
+    # Whisper's standard decode); 2-64 = English through faster-whisper's batched pipeline, this
+    # many speech chunks (of up to 30 s, cut by its Silero VAD) per encoder/decoder call; 0 = auto:
+    # 1 on the CPU, GPU_FILE_BATCH (16) on a GPU. On 2 CPU cores (tiny.en) the pipeline took
+    # 0.66-0.77x the time of one sequential decode, but was less accurate on long files than
+    # the sequential decoder (WER 3.43 % against 3.06 % on 20.7 min), which `asrhub transcribe`
+    # runs faster still with pieces side by side (bench/results/file_batching.md). While live
     # streams decode, file batches shrink to one chunk (plugins/whisper/README.md: Files).
     file_batch_size: int = 0
 
