@@ -143,7 +143,7 @@ def file_engine_threads(whisper: dict, seconds: float, piece_s: float) -> dict:
     """Whisper's ``cpu_threads`` / ``num_workers`` for `asrhub transcribe` of a file of
     ``seconds`` (0: unknown) read in pieces of ``piece_s``, unless the configuration sets
     either: a file of one piece gets every core on its one decode, as the bare engine does; a
-    longer one a decode lane per core, one thread each, its pieces side by side (about 0.9x the
+    longer one a decode lane per core, one thread each, its pieces side by side (about 0.8x the
     bare engine's time on 20.7 min, bench/results/long_file.md)."""
     if "cpu_threads" in whisper or "num_workers" in whisper:
         return {}

@@ -17,7 +17,9 @@ Now malloc keeps its own (dynamic) thresholds, with two bounds:
 
 - :func:`limit_arenas`: at most one arena per core (glibc's default is eight per core, and
   with 16 executor threads and the engines' own, each thread that once decoded a piece kept
-  an arena of freed buffers). ``asrhub serve`` and ``asrhub transcribe`` call it at start.
+  an arena of freed buffers). ``asrhub serve`` calls it at start; ``asrhub transcribe`` asks
+  for one arena, so that its decode lanes reuse one set of freed encoder buffers rather than
+  each keeping its own (bench/results/long_file.md).
 - :class:`HeapTrimmer` calls ``malloc_trim(0)`` after file work: it returns the free pages of
   every arena, and the next live decode refaults only what it uses. The executor trims after
   each file job (:attr:`asrhub.executor.Priority.BATCH`) at most every ``min_interval_s``, and

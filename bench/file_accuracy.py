@@ -48,24 +48,28 @@ from asrhub.audio import decode_file  # noqa: E402
 from asrhub.heap import limit_arenas  # noqa: E402
 from asrhub.pieces import FILE_PIECE_S, PieceReader, transcribe_file  # noqa: E402
 from asrhub.segmenter import plan_pieces, quietest_point  # noqa: E402
-from asrhub.testing import long_recording, make_hub, wer  # noqa: E402
+from asrhub.testing import make_hub, wer  # noqa: E402
 from asrhub.text import join_texts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "bench" / "_work"
 RATE = 16000
+
+
+def bench_module(name: str) -> Any:
+    """Another bench script of this folder, imported by path (bench/ is not on sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # for its dataclasses
+    spec.loader.exec_module(module)
+    return module
 
 
 def trustworthy_english() -> list[Any]:
     """bench/accuracy.py's clips: English recordings whose transcripts NOTES.tsv trusts."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_accuracy", Path(__file__).with_name("accuracy.py"))
-    assert spec is not None and spec.loader is not None
-    accuracy = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = accuracy  # for its dataclass
-    spec.loader.exec_module(accuracy)
-    return list(accuracy.load_clips(("en",)))
+    return list(bench_module("accuracy").load_clips(("en",)))
 
 
 def varied(folder: Path) -> tuple[Path, str]:
@@ -79,15 +83,6 @@ def varied(folder: Path) -> tuple[Path, str]:
     path = folder / "varied.wav"
     sf.write(str(path), np.concatenate(parts), RATE, subtype="PCM_16")
     return path, " ".join(refs)
-
-
-def bench_recording(minutes: float) -> tuple[Path, str]:
-    WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / f"long_{minutes:g}min.wav"
-    ref = path.with_suffix(".txt")
-    if not (path.exists() and ref.exists()):
-        ref.write_text(long_recording(path, minutes * 60))
-    return path, ref.read_text()
 
 
 def variants(model: str) -> dict[str, Callable[[Path, np.ndarray], str]]:
@@ -146,13 +141,14 @@ def main() -> None:
     parser.add_argument("--minutes", default="5,20", help="bench recordings to add (minutes)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "file_accuracy.md"))
     args = parser.parse_args()
-    limit_arenas()  # as `asrhub serve` and `asrhub transcribe` do
+    limit_arenas()  # as `asrhub serve` does
+    long_file = bench_module("long_file")  # its recordings (built under bench/_work/, reused)
     import tempfile
 
     load_before = os.getloadavg()
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     with tempfile.TemporaryDirectory() as folder:
-        files = [varied(Path(folder))] + [bench_recording(float(m)) for m in args.minutes.split(",") if m]
+        files = [varied(Path(folder))] + [long_file.build(float(m)) for m in args.minutes.split(",") if m]
         runs = variants(args.model)
         rows = ["| file | audio s | words | " + " | ".join(runs) + " |",
                 "|---|---|---|" + "---|" * len(runs)]

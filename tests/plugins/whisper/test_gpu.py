@@ -175,6 +175,7 @@ def test_tiny_en_on_the_gpu_in_float16(tiny_gpu: WhisperEngine, tiny: WhisperEng
     assert tiny_gpu._ct2.device == "cuda"
     assert tiny_gpu._ct2.compute_type == "float16"
     assert tiny_gpu.batcher.max_batch == 16 and tiny_gpu.batcher.max_window == 3000
+    assert tiny_gpu.file_batch_size == GPU_FILE_BATCH  # auto: the batched pipeline for files
     references = {name: manifest()[name]["transcript"] for name in CLIPS}
     gpu = " ".join(tiny_gpu.transcribe(clip(name), language="en").text for name in CLIPS)
     cpu = " ".join(tiny.transcribe(clip(name), language="en").text for name in CLIPS)
