@@ -31,11 +31,13 @@ done again with timestamps, which let Whisper go on from where the sentence ende
 Batched files. Issue 14 asked for a batched pipeline for long files where it beats sequential
 decoding on CPU at equal WER; measured (bench/results/file_batching.md, 2 cores, tiny.en):
 faster-whisper's :class:`~faster_whisper.BatchedInferencePipeline` took 0.66-0.77x the time of
-one sequential decode on every core at equal or lower WER on varied files. But pieces of a file
-decoded sequentially side by side, one per decode lane (:func:`asrhub.pieces.transcribe_file`),
-are faster still, and on the long bench recordings the pipeline was less accurate than the
-sequential decoder (WER 3.43 % against 3.06 % on 20.7 min): so on the CPU ``file_batch_size``
-is 1 by default, and the pipeline is what a GPU gets (``GPU_FILE_BATCH``). When it runs, much of
+one sequential decode on every core, at equal or lower WER on the varied files of that bench.
+But pieces of a file decoded sequentially side by side, one per decode lane
+(:func:`asrhub.pieces.transcribe_file`), are about as fast (0.68-0.80x there, the pipeline in the
+hub 0.73-0.74x), and the sequential decoder is the bare engine's own, which the issue's "never
+worse than the bare engine's standard decode" asks for: on the long bench recordings the
+pipeline was less accurate (WER 3.43 % against 3.06 % on 20.7 min). So on the CPU
+``file_batch_size`` is 1 by default, and the pipeline is what a GPU gets (``GPU_FILE_BATCH``). When it runs, much of
 its speed comes from what it leaves out, not from
 batched encoder passes (on CPU a batch of long windows encodes no faster than one by one, see
 :mod:`.batching`): Silero cuts the audio into speech chunks of up to 30 s (no silence decoded,

@@ -80,9 +80,10 @@ class WhisperSettings:
     # Whisper's standard decode); 2-64 = English through faster-whisper's batched pipeline, this
     # many speech chunks (of up to 30 s, cut by its Silero VAD) per encoder/decoder call; 0 = auto:
     # 1 on the CPU, GPU_FILE_BATCH (16) on a GPU. On 2 CPU cores (tiny.en) the pipeline took
-    # 0.66-0.77x the time of one sequential decode, but was less accurate on long files than
-    # the sequential decoder (WER 3.43 % against 3.06 % on 20.7 min), which `asrhub transcribe`
-    # runs faster still with pieces side by side (bench/results/file_batching.md). While live
+    # 0.66-0.77x the time of one sequential decode, about what `asrhub transcribe` takes with
+    # sequential pieces side by side (0.68-0.80x), with lower WER on some files and higher on the
+    # long bench recordings (3.43 % against 3.06 % on 20.7 min), where the sequential decoder is
+    # the bare engine's own (bench/results/file_batching.md, file_accuracy.md). While live
     # streams decode, file batches shrink to one chunk (plugins/whisper/README.md: Files).
     file_batch_size: int = 0
 
