@@ -754,8 +754,8 @@ def _one_at_a_time(encode: Callable[[np.ndarray], object]) -> Callable[[np.ndarr
     lane) set the peak memory whenever their encoder passes meet. Taking turns here keeps that to
     one pass while the decoders still run side by side: `asrhub transcribe` of the 20.7-min bench
     file, two lanes, one malloc arena: peak RSS 436 -> 375 MB for 24.5 -> 26.7 s
-    (bench/results/long_file.md). Live decodes call CTranslate2 directly (the batcher) and never
-    wait here."""
+    (bench/results/long_file.md). Live decodes call CTranslate2 directly (the batcher) and do not
+    wait here, except the rare redo of one that stopped early (:meth:`WhisperEngine._decode_sequentially`)."""
     turn = threading.Lock()
 
     def encode_in_turn(features: np.ndarray) -> object:
